@@ -10,10 +10,15 @@ use support::*;
 #[tokio::test]
 async fn pod_runs_on_fake_node_and_can_be_oom_killed() -> anyhow::Result<()> {
     let ns = TestNamespace::new("smoke-oom").await?;
-    ns.pods().create(&PostParams::default(), &test_pod("oom")).await?;
+    ns.pods()
+        .create(&PostParams::default(), &test_pod("oom"))
+        .await?;
 
     let pod = wait_for_pod(&ns.client, &ns.name, "oom", pod_running).await?;
-    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(FAKE_NODE));
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(FAKE_NODE)
+    );
 
     let pod = finish_pod(&ns.client, &ns.name, "oom", Outcome::OomKilled).await?;
     assert_eq!(pod_phase(&pod), "Failed");
@@ -51,7 +56,13 @@ async fn pod_with_unsatisfiable_node_selector_stays_pending() -> anyhow::Result<
 #[tokio::test]
 async fn kubectl_helper_sees_the_fake_node() -> anyhow::Result<()> {
     let _ = cluster();
-    let out = kubectl(["get", "node", FAKE_NODE, "-o", "jsonpath={.status.allocatable.cpu}"])?;
+    let out = kubectl([
+        "get",
+        "node",
+        FAKE_NODE,
+        "-o",
+        "jsonpath={.status.allocatable.cpu}",
+    ])?;
     assert_eq!(out, "32");
 
     let failed = kubectl_output(["get", "pod", "no-such-pod", "-n", "default"], None)?;
@@ -62,7 +73,10 @@ async fn kubectl_helper_sees_the_fake_node() -> anyhow::Result<()> {
     let ns = TestNamespace::new("smoke-kubectl").await?;
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
                     "data": {"k": "v"}});
-    ns.kubectl_output(["apply", "-f", "-"], Some(&cm.to_string()))?;
-    assert_eq!(ns.kubectl(["get", "configmap", "c", "-o", "jsonpath={.data.k}"])?, "v");
+    ns.kubectl_stdin(["apply", "-f", "-"], &cm.to_string())?;
+    assert_eq!(
+        ns.kubectl(["get", "configmap", "c", "-o", "jsonpath={.data.k}"])?,
+        "v"
+    );
     Ok(())
 }

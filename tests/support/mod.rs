@@ -124,14 +124,22 @@ fn start_cluster() -> anyhow::Result<Cluster> {
             PathBuf::from(path.trim())
         }
     };
-    anyhow::ensure!(kubeconfig.is_file(), "no kubeconfig at {}", kubeconfig.display());
+    anyhow::ensure!(
+        kubeconfig.is_file(),
+        "no kubeconfig at {}",
+        kubeconfig.display()
+    );
 
     let bin_dir = bin_dir.filter(|d| d.join("kubectl").is_file());
     let kubectl = match &bin_dir {
         Some(dir) => dir.join("kubectl"),
         None => PathBuf::from("kubectl"),
     };
-    Ok(Cluster { kubeconfig, kubectl, bin_dir })
+    Ok(Cluster {
+        kubeconfig,
+        kubectl,
+        bin_dir,
+    })
 }
 
 /// Install the aws-lc-rs rustls provider (ring is in the dependency graph too, so rustls
@@ -179,7 +187,11 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        let this = TestNamespace { client, name, deleted: false };
+        let this = TestNamespace {
+            client,
+            name,
+            deleted: false,
+        };
         let sa: Api<ServiceAccount> = this.api();
         wait_for("serviceaccount default", DEFAULT_TIMEOUT, || async {
             Ok(sa.get_opt("default").await?)
@@ -211,8 +223,21 @@ impl TestNamespace {
         kubectl(self.ns_args(args))
     }
 
+    /// Like [`kubectl_stdin`], in this namespace.
+    pub fn kubectl_stdin<I, S>(&self, args: I, stdin: &str) -> anyhow::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        kubectl_stdin(self.ns_args(args), stdin)
+    }
+
     /// Like [`kubectl_output`], in this namespace.
-    pub fn kubectl_output<I, S>(&self, args: I, stdin: Option<&str>) -> anyhow::Result<KubectlOutput>
+    pub fn kubectl_output<I, S>(
+        &self,
+        args: I,
+        stdin: Option<&str>,
+    ) -> anyhow::Result<KubectlOutput>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -234,7 +259,10 @@ impl TestNamespace {
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.deleted = true;
         if keep_namespaces() {
-            eprintln!("keeping namespace {} (WORKERPOOL_TEST_KEEP_NAMESPACES)", self.name);
+            eprintln!(
+                "keeping namespace {} (WORKERPOOL_TEST_KEEP_NAMESPACES)",
+                self.name
+            );
             return Ok(());
         }
         delete_namespace(&self.client, &self.name).await
@@ -247,14 +275,19 @@ impl Drop for TestNamespace {
             return;
         }
         if keep_namespaces() {
-            eprintln!("keeping namespace {} (WORKERPOOL_TEST_KEEP_NAMESPACES)", self.name);
+            eprintln!(
+                "keeping namespace {} (WORKERPOOL_TEST_KEEP_NAMESPACES)",
+                self.name
+            );
             return;
         }
         // Drop cannot be async and may run inside (or outside) a tokio runtime: delete from a
         // plain thread with a runtime and a Client of its own, and wait for it.
         let name = self.name.clone();
         let result = std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let client = client().await?;
                 delete_namespace(&client, &name).await
@@ -274,7 +307,10 @@ fn keep_namespaces() -> bool {
 }
 
 async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await {
+    match Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::background())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
@@ -286,7 +322,10 @@ async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let suffix = format!("{:x}{n:x}{:04x}", std::process::id(), nanos & 0xffff);
     let mut clean: String = prefix
         .to_ascii_lowercase()
@@ -295,7 +334,11 @@ pub fn unique_name(prefix: &str) -> String {
         .collect();
     clean.truncate(62 - suffix.len());
     let clean = clean.trim_matches('-');
-    if clean.is_empty() { format!("t{suffix}") } else { format!("{clean}-{suffix}") }
+    if clean.is_empty() {
+        format!("t{suffix}")
+    } else {
+        format!("{clean}-{suffix}")
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -333,18 +376,44 @@ pub async fn wait_for_pod(
     name: &str,
     pred: impl Fn(&Pod) -> bool,
 ) -> anyhow::Result<Pod> {
+    wait_for_pod_within(client, ns, name, DEFAULT_TIMEOUT, pred).await
+}
+
+/// [`wait_for_pod`] with a timeout of your choice.
+pub async fn wait_for_pod_within(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pred = &pred;
     let api = &api;
-    wait_for(&format!("pod {ns}/{name}"), DEFAULT_TIMEOUT, || async move {
+    let result = wait_for(&format!("pod {ns}/{name}"), timeout, || async move {
         Ok(api.get_opt(name).await?.filter(|p| pred(p)))
     })
-    .await
+    .await;
+    match result {
+        Ok(pod) => Ok(pod),
+        Err(e) => {
+            // Say what the Pod looked like, which is what one wants to know about a timeout.
+            let last = match api.get_opt(name).await {
+                Ok(Some(pod)) => format!("last status: {:?}", pod.status),
+                Ok(None) => "the pod does not exist".to_owned(),
+                Err(err) => format!("(could not read it: {err})"),
+            };
+            Err(e.context(last))
+        }
+    }
 }
 
 /// The Pod's `status.phase` ("" when unset).
 pub fn pod_phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
 pub fn pod_running(pod: &Pod) -> bool {
@@ -360,7 +429,12 @@ pub fn pod_condition<'a>(
     pod: &'a Pod,
     type_: &str,
 ) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 /// The `terminated` state of a container, if it has terminated.
@@ -444,7 +518,12 @@ pub struct Finish {
 
 impl From<Outcome> for Finish {
     fn from(outcome: Outcome) -> Self {
-        Finish { outcome, container: None, exit_code: None, message: None }
+        Finish {
+            outcome,
+            container: None,
+            exit_code: None,
+            message: None,
+        }
     }
 }
 
@@ -478,7 +557,10 @@ impl Finish {
     /// have it finish as soon as it runs.
     pub fn annotations(&self) -> BTreeMap<String, String> {
         let mut a = BTreeMap::new();
-        a.insert(FINISH_ANNOTATION.to_owned(), self.outcome.annotation_value().to_owned());
+        a.insert(
+            FINISH_ANNOTATION.to_owned(),
+            self.outcome.annotation_value().to_owned(),
+        );
         if let Some(c) = &self.container {
             a.insert(FINISH_CONTAINER_ANNOTATION.to_owned(), c.clone());
         }
@@ -555,13 +637,23 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = kubectl_command(args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if let Some(input) = stdin {
         // Written before waiting; kubectl reads all of stdin before it prints much.
-        child.stdin.take().expect("piped stdin").write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())?;
     }
     Ok(child.wait_with_output()?.into())
 }
@@ -608,7 +700,10 @@ fn check_kubectl(args: &[std::ffi::OsString], out: KubectlOutput) -> anyhow::Res
     } else {
         bail!(
             "kubectl {} failed ({:?}): {}",
-            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
             out.code,
             out.stderr.trim()
         )
