@@ -1,0 +1,88 @@
+use std::fmt;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// One slot of a WorkerPool, registered with the backend. A Worker uses no cluster resources
+/// while IDLE; a run Pod exists for it while it is BUSY.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "workers.spacelift.io",
+    version = "v1beta1",
+    kind = "Worker",
+    plural = "workers",
+    namespaced,
+    status = "WorkerStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A worker of a WorkerPool, registered with the backend.",
+    printcolumn(
+        name = "Pool",
+        type_ = "string",
+        json_path = ".metadata.annotations.workers\\.spacelift\\.io/workerpool-name"
+    ),
+    printcolumn(name = "Registered", type_ = "boolean", json_path = ".status.registered"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Run ID", type_ = "string", json_path = ".status.currentRunID")
+)]
+pub struct WorkerSpec {}
+
+/// What a worker is doing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WorkerState {
+    /// Waiting for a run.
+    #[default]
+    Idle,
+    /// Processing a run: its Pod exists.
+    Busy,
+    /// Removed from the pool by a scale-down while busy: deleted when its run ends.
+    Draining,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Idle => "IDLE",
+            Self::Busy => "BUSY",
+            Self::Draining => "DRAINING",
+        })
+    }
+}
+
+/// The state of a worker. It is the controller's memory: after a restart the controller rebuilds
+/// everything from Worker statuses and run Pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    /// IDLE, BUSY or DRAINING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<WorkerState>,
+    /// The run the worker is processing.
+    #[serde(
+        default,
+        rename = "currentRunID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_run_id: Option<String>,
+    /// Whether the backend has accepted the worker's registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<bool>,
+    /// The run stage being processed, and its Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_run: Option<CurrentRun>,
+}
+
+/// The run stage a worker is processing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentRun {
+    /// The run's ULID.
+    pub run_id: String,
+    /// The run stage, e.g. "preparing".
+    pub stage: String,
+    /// The attempt of this stage.
+    pub attempt: u32,
+    /// The run Pod's name.
+    pub pod_name: String,
+}

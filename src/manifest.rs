@@ -1,0 +1,289 @@
+//! Reading WorkerPool manifests offline (for `render` and tests) as strictly as the apiserver
+//! does: unknown fields are refused with their path and a suggestion, type errors name the field,
+//! and the CRD's validation rules are applied.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use kube::CustomResourceExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::crd::WorkerPool;
+
+/// Why a manifest cannot be used. Every message names the file and the field.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid YAML: {message}")]
+    Yaml { file: String, message: String },
+    #[error("{file}: {message}")]
+    Document { file: String, message: String },
+    #[error("{file}: {path}: {message}")]
+    Field {
+        file: String,
+        path: String,
+        message: String,
+    },
+}
+
+/// The WorkerPool CRD's schema, with the fields every object has. Generating it is costly, so
+/// it is built once.
+static WORKERPOOL_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    let mut schema = serde_json::to_value(
+        WorkerPool::crd().spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.clone()),
+    )
+    .unwrap_or_default();
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for field in ["apiVersion", "kind", "metadata"] {
+            properties.insert(field.into(), serde_json::json!({}));
+        }
+    }
+    schema
+});
+
+/// Reads the single WorkerPool document of a YAML file (other kinds in it are skipped).
+pub fn load_workerpool(path: &Path) -> Result<WorkerPool, ManifestError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let documents = parse_documents(&file, &text)?;
+    let mut pools = documents
+        .into_iter()
+        .filter(|doc| doc.get("kind").and_then(Value::as_str) == Some("WorkerPool"));
+    let pool = pools.next().ok_or_else(|| ManifestError::Document {
+        file: file.clone(),
+        message: "no document of kind WorkerPool".into(),
+    })?;
+    if pools.next().is_some() {
+        return Err(ManifestError::Document {
+            file,
+            message: "more than one WorkerPool: give render a file with exactly one".into(),
+        });
+    }
+    workerpool_from_value(&file, pool)
+}
+
+/// Splits a multi-document YAML text into JSON values, skipping empty documents.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
+    use serde::Deserialize;
+    let mut documents = Vec::new();
+    for document in yaml_serde::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).map_err(|e| ManifestError::Yaml {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    Ok(documents)
+}
+
+/// Turns one document into a WorkerPool, refusing what the apiserver would refuse.
+pub fn workerpool_from_value(file: &str, document: Value) -> Result<WorkerPool, ManifestError> {
+    let api_version = document.get("apiVersion").and_then(Value::as_str);
+    if api_version != Some("workers.spacelift.io/v1beta1") {
+        return Err(ManifestError::Field {
+            file: file.to_string(),
+            path: "apiVersion".into(),
+            message: match api_version {
+                Some(v) => format!("is {v:?}, expected \"workers.spacelift.io/v1beta1\""),
+                None => "is missing, expected \"workers.spacelift.io/v1beta1\"".into(),
+            },
+        });
+    }
+    let schema = &*WORKERPOOL_SCHEMA;
+    let field_error = |path: String, message: String| ManifestError::Field {
+        file: file.to_string(),
+        path,
+        message,
+    };
+    if let Some((path, message)) = unknown_fields(&document, schema, "").into_iter().next() {
+        return Err(field_error(path, message));
+    }
+    let pool: WorkerPool = deserialize_at_path(document).map_err(|(p, m)| field_error(p, m))?;
+    validate(&pool).map_err(|(p, m)| field_error(p.into(), m))?;
+    Ok(pool)
+}
+
+/// Deserializes with the path of the failing field, e.g. `spec.poolSize`.
+pub fn deserialize_at_path<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// The rules the CRD schema enforces in the apiserver, for offline use.
+fn validate(pool: &WorkerPool) -> Result<(), (&'static str, String)> {
+    if pool.spec.pool_size < 0 {
+        return Err((
+            "spec.poolSize",
+            format!("must be 0 or more, got {}", pool.spec.pool_size),
+        ));
+    }
+    if pool.spec.token.is_some() != pool.spec.private_key.is_some() {
+        let (set, unset) = if pool.spec.token.is_some() {
+            ("token", "privateKey")
+        } else {
+            ("privateKey", "token")
+        };
+        return Err((
+            "spec",
+            format!(
+                "{set} is set but {unset} is not: token and privateKey must be set together: both point at keys of the Secret created for the pool"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Every field of `value` the schema does not know, as `(path, message)`.
+fn unknown_fields(value: &Value, schema: &Value, path: &str) -> Vec<(String, String)> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return Vec::new();
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                map.iter()
+                    .flat_map(|(key, child)| match properties.get(key) {
+                        Some(child_schema) => unknown_fields(child, child_schema, &join(key)),
+                        None => vec![(join(key), unknown_field_message(key, properties.keys()))],
+                    })
+                    .collect()
+            } else if let Some(values) = schema.get("additionalProperties") {
+                map.iter()
+                    .flat_map(|(key, child)| unknown_fields(child, values, &join(key)))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+        Value::Array(items) => match schema.get("items") {
+            Some(item_schema) => items
+                .iter()
+                .enumerate()
+                .flat_map(|(i, item)| unknown_fields(item, item_schema, &format!("{path}[{i}]")))
+                .collect(),
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn unknown_field_message<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let closest = known
+        .map(|k| (edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()), k))
+        .min();
+    match closest {
+        Some((distance, suggestion)) if distance <= 3 => {
+            format!("unknown field {key:?}, did you mean {suggestion:?}?")
+        }
+        _ => format!("unknown field {key:?}"),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                previous
+            } else {
+                1 + previous.min(row[j]).min(current)
+            };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(yaml: &str) -> Result<WorkerPool, String> {
+        let docs = parse_documents("pool.yaml", yaml).map_err(|e| e.to_string())?;
+        let doc = docs.into_iter().next().ok_or("no document")?;
+        workerpool_from_value("pool.yaml", doc).map_err(|e| e.to_string())
+    }
+
+    const HEADER: &str = "apiVersion: workers.spacelift.io/v1beta1\nkind: WorkerPool\nmetadata:\n  name: p\n";
+
+    #[test]
+    fn misspelled_fields_are_refused_with_their_path_and_a_suggestion() {
+        let cases = [
+            (
+                "spec:\n  poolsize: 2\n",
+                "pool.yaml: spec.poolsize: unknown field \"poolsize\", did you mean \"poolSize\"?",
+            ),
+            (
+                "spec:\n  pod:\n    initContainer:\n      resource: {}\n",
+                "pool.yaml: spec.pod.initContainer.resource: unknown field \"resource\", did you mean \"resources\"?",
+            ),
+            (
+                "spec:\n  pod:\n    affinity:\n      nodeAfinity: {}\n",
+                "pool.yaml: spec.pod.affinity.nodeAfinity: unknown field \"nodeAfinity\", did you mean \"nodeAffinity\"?",
+            ),
+            (
+                "spec:\n  pod:\n    additionalSidecarContainers:\n      - name: redis\n        imag: redis\n",
+                "pool.yaml: spec.pod.additionalSidecarContainers[0].imag: unknown field \"imag\", did you mean \"image\"?",
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(pool(&format!("{HEADER}{spec}")).unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn type_errors_and_rules_name_the_field() {
+        let err = pool(&format!("{HEADER}spec:\n  poolSize: two\n")).unwrap_err();
+        assert!(
+            err.starts_with("pool.yaml: spec.poolSize: invalid type: string \"two\""),
+            "{err}"
+        );
+        let err = pool(&format!("{HEADER}spec:\n  poolSize: -1\n")).unwrap_err();
+        assert_eq!(err, "pool.yaml: spec.poolSize: must be 0 or more, got -1");
+        let err = pool(&format!(
+            "{HEADER}spec:\n  token:\n    secretKeyRef: {{name: s, key: token}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("pool.yaml: spec: token is set but privateKey is not"),
+            "{err}"
+        );
+        let err = pool("apiVersion: v1\nkind: WorkerPool\n").unwrap_err();
+        assert_eq!(
+            err,
+            "pool.yaml: apiVersion: is \"v1\", expected \"workers.spacelift.io/v1beta1\""
+        );
+    }
+
+    #[test]
+    fn pool_size_defaults_to_one() {
+        assert_eq!(pool(&format!("{HEADER}spec: {{}}\n")).unwrap().spec.pool_size, 1);
+    }
+}
