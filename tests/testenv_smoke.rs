@@ -80,3 +80,55 @@ async fn kubectl_helper_sees_the_fake_node() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn service_account_client_has_only_its_own_rights() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("smoke-sa").await?;
+    ns.kubectl(["create", "serviceaccount", "limited"])?;
+    ns.kubectl([
+        "create",
+        "role",
+        "read-configmaps",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ])?;
+    ns.kubectl([
+        "create",
+        "rolebinding",
+        "limited",
+        "--role=read-configmaps",
+        &format!("--serviceaccount={}:limited", ns.name),
+    ])?;
+
+    let client = service_account_client(&ns.name, "limited").await?;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &ns.name);
+    cms.list(&Default::default()).await?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, &ns.name);
+    match pods.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("listing pods as the serviceaccount: {other:?}"),
+    }
+
+    let dir = tempfile::tempdir()?;
+    let kubeconfig =
+        write_service_account_kubeconfig(&ns.name, "limited", &dir.path().join("kubeconfig"))
+            .await?;
+    let can_i = |verb: &str, resource: &str| {
+        kubectl_output(
+            [
+                "--kubeconfig".as_ref(),
+                kubeconfig.as_os_str(),
+                "auth".as_ref(),
+                "can-i".as_ref(),
+                verb.as_ref(),
+                resource.as_ref(),
+            ],
+            None,
+        )
+        .map(|o| o.stdout.trim().to_owned())
+    };
+    assert_eq!(can_i("list", "configmaps")?, "yes");
+    assert_eq!(can_i("list", "pods")?, "no");
+    ns.cleanup().await
+}

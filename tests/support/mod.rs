@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -160,6 +161,64 @@ pub async fn config() -> anyhow::Result<Config> {
 /// A new kube Client for the test cluster (bound to the calling tokio runtime).
 pub async fn client() -> anyhow::Result<Client> {
     Ok(Client::try_from(config().await?)?)
+}
+
+/// A short-lived (1 h) token of a ServiceAccount, from the TokenRequest API.
+pub async fn service_account_token(ns: &str, service_account: &str) -> anyhow::Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client().await?, ns);
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "expirationSeconds": 3600 } }))?;
+    let response = api
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for serviceaccount {ns}/{service_account}"))?;
+    Ok(response
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")?)
+}
+
+/// A kube Config that authenticates as a ServiceAccount (and nothing more), e.g. to run the
+/// controller with exactly the rights its RBAC grants.
+pub async fn service_account_config(ns: &str, service_account: &str) -> anyhow::Result<Config> {
+    let token = service_account_token(ns, service_account).await?;
+    let mut config = config().await?;
+    config.auth_info = serde_json::from_value(json!({ "token": token }))?;
+    Ok(config)
+}
+
+/// A Client that authenticates as a ServiceAccount.
+pub async fn service_account_client(ns: &str, service_account: &str) -> anyhow::Result<Client> {
+    Ok(Client::try_from(
+        service_account_config(ns, service_account).await?,
+    )?)
+}
+
+/// Write a kubeconfig file that authenticates as a ServiceAccount (for a subprocess, e.g. the
+/// operator binary or `kubectl --kubeconfig`), and return its path.
+pub async fn write_service_account_kubeconfig(
+    ns: &str,
+    service_account: &str,
+    path: &Path,
+) -> anyhow::Result<PathBuf> {
+    let token = service_account_token(ns, service_account).await?;
+    let admin = Kubeconfig::read_from(&cluster().kubeconfig)?;
+    let cluster = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .context("the test kubeconfig has no cluster")?;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: {sa}\n  context: {{cluster: testenv, user: {sa}, namespace: {ns}}}\ncurrent-context: {sa}\n",
+        cluster.server.as_deref().unwrap_or_default(),
+        cluster
+            .certificate_authority_data
+            .as_deref()
+            .unwrap_or_default(),
+        sa = service_account,
+    );
+    std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_owned())
 }
 
 // ------------------------------------------------------------------------------------------
