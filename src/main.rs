@@ -1,13 +1,18 @@
 //! `workerpool-operator`: the operator binary. Parses flags and hands over to the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use workerpool_operator::{crd, manifest, render};
 
 #[derive(Parser)]
-#[command(name = "workerpool-operator", version, about = "Runs Spacelift-style worker pools on Kubernetes")]
+#[command(
+    name = "workerpool-operator",
+    version,
+    about = "Runs Spacelift-style worker pools on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,8 +54,18 @@ enum Format {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::Render {
             pool,
@@ -59,13 +74,16 @@ fn main() -> anyhow::Result<()> {
             pool_ulid,
             worker_ulid,
         } => {
+            let pool_file = pool.display().to_string();
+            let run_file = run.display().to_string();
             let pool = manifest::load_workerpool(&pool)?;
             let run = render::load_run(&run)?;
             let ids = render::RenderIds {
                 pool_ulid,
                 worker_ulid,
             };
-            let pod = render::render_pod(&pool, &run, &ids)?;
+            let pod = render::render_pod(&pool, &run, &ids)
+                .with_context(|| format!("{run_file} on {pool_file}"))?;
             print!("{}", format(&pod, output)?);
             Ok(())
         }
@@ -78,7 +96,8 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         Some(dir) => {
             for (file, yaml) in manifests {
                 let path = dir.join(file);
-                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         None => {

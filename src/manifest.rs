@@ -15,11 +15,8 @@ use crate::crd::WorkerPool;
 /// Why a manifest cannot be used. Every message names the file and the field.
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
     #[error("{file}: {message}")]
@@ -53,9 +50,9 @@ static WORKERPOOL_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
 /// Reads the single WorkerPool document of a YAML file (other kinds in it are skipped).
 pub fn load_workerpool(path: &Path) -> Result<WorkerPool, ManifestError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
         file: file.clone(),
-        source,
+        error,
     })?;
     let documents = parse_documents(&file, &text)?;
     let mut pools = documents
@@ -192,7 +189,12 @@ fn unknown_fields(value: &Value, schema: &Value, path: &str) -> Vec<(String, Str
 
 fn unknown_field_message<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> String {
     let closest = known
-        .map(|k| (edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()), k))
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                k,
+            )
+        })
         .min();
     match closest {
         Some((distance, suggestion)) if distance <= 3 => {
@@ -231,7 +233,8 @@ mod tests {
         workerpool_from_value("pool.yaml", doc).map_err(|e| e.to_string())
     }
 
-    const HEADER: &str = "apiVersion: workers.spacelift.io/v1beta1\nkind: WorkerPool\nmetadata:\n  name: p\n";
+    const HEADER: &str =
+        "apiVersion: workers.spacelift.io/v1beta1\nkind: WorkerPool\nmetadata:\n  name: p\n";
 
     #[test]
     fn misspelled_fields_are_refused_with_their_path_and_a_suggestion() {
@@ -284,6 +287,70 @@ mod tests {
 
     #[test]
     fn pool_size_defaults_to_one() {
-        assert_eq!(pool(&format!("{HEADER}spec: {{}}\n")).unwrap().spec.pool_size, 1);
+        assert_eq!(
+            pool(&format!("{HEADER}spec: {{}}\n"))
+                .unwrap()
+                .spec
+                .pool_size,
+            1
+        );
+    }
+
+    fn seed_fixtures(dir: &str) -> Vec<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixture directory")
+            .map(|entry| entry.expect("fixture").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn every_seed_workerpool_deserializes() {
+        let files = seed_fixtures("tests/fixtures/seed");
+        let pools = files
+            .iter()
+            .filter(|f| !f.ends_with("initialization-policies-configmap.yaml"))
+            .map(|f| load_workerpool(f).unwrap_or_else(|e| panic!("{e}")))
+            .count();
+        assert_eq!(pools, 11, "one WorkerPool per seed example");
+        let configuration = load_workerpool(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed/configuration.yaml"),
+        )
+        .unwrap();
+        let pod = configuration.spec.pod.expect("pod settings");
+        assert_eq!(configuration.spec.pool_size, 2);
+        assert_eq!(
+            configuration.spec.allowed_runner_image_hosts,
+            Some(vec!["docker.io".into(), "some.private.registry".into()])
+        );
+        assert_eq!(pod.launcher_image.as_deref(), Some(""));
+        assert_eq!(pod.workspace_volume, None);
+        assert_eq!(pod.additional_sidecar_containers.unwrap()[0].name, "redis");
+    }
+
+    #[test]
+    fn the_seeds_broken_examples_get_errors_that_point_at_the_problem() {
+        let errors: Vec<String> = seed_fixtures("tests/fixtures/seed/invalid")
+            .iter()
+            .map(|f| load_workerpool(f).unwrap_err().to_string())
+            .collect();
+        assert_eq!(errors.len(), 2);
+        // "spec:\n  ...\n  keepSuccessfulPods: true" is not YAML.
+        assert!(
+            errors[0].contains("inspecting-successful-run-pods.yaml: not valid YAML")
+                && errors[0].contains("line"),
+            "{}",
+            errors[0]
+        );
+        // The seed's VCS agents example lacks a closing quote.
+        assert!(
+            errors[1].contains("vcs-agents.yaml: not valid YAML")
+                && errors[1].contains("quoted scalar"),
+            "{}",
+            errors[1]
+        );
     }
 }

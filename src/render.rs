@@ -44,16 +44,18 @@ pub enum RenderError {
         path: String,
         message: String,
     },
+    // Not a `source`: the message already carries the cause, and error reporters that walk
+    // sources would print it twice.
     #[error("cannot build the run Pod: {0}")]
-    Build(#[from] BuildError),
+    Build(BuildError),
 }
 
 /// Reads a run-schedule document (JSON or YAML, the protocol's field names).
 pub fn load_run(path: &Path) -> Result<RunSchedule, RenderError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
         file: file.clone(),
-        source,
+        error,
     })?;
     let document = manifest::parse_documents(&file, &text)?
         .into_iter()
@@ -66,7 +68,11 @@ pub fn load_run(path: &Path) -> Result<RunSchedule, RenderError> {
         })?;
     manifest::deserialize_at_path(document).map_err(|(path, message)| RenderError::Run {
         file,
-        path: if path == "." { "(document)".into() } else { path },
+        path: if path == "." {
+            "(document)".into()
+        } else {
+            path
+        },
         message,
     })
 }
@@ -113,7 +119,11 @@ pub fn stand_in_worker(pool: &WorkerPool, ids: &RenderIds) -> Worker {
 }
 
 /// Renders the Pod for `run` on a stand-in worker of `pool`.
-pub fn render_pod(pool: &WorkerPool, run: &RunSchedule, ids: &RenderIds) -> Result<Pod, RenderError> {
+pub fn render_pod(
+    pool: &WorkerPool,
+    run: &RunSchedule,
+    ids: &RenderIds,
+) -> Result<Pod, RenderError> {
     let worker = stand_in_worker(pool, ids);
-    Ok(build_pod(pool, &worker, run)?)
+    build_pod(pool, &worker, run).map_err(RenderError::Build)
 }

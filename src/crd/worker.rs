@@ -21,14 +21,20 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".metadata.annotations.workers\\.spacelift\\.io/workerpool-name"
     ),
-    printcolumn(name = "Registered", type_ = "boolean", json_path = ".status.registered"),
+    printcolumn(
+        name = "Registered",
+        type_ = "boolean",
+        json_path = ".status.registered"
+    ),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Run ID", type_ = "string", json_path = ".status.currentRunID")
 )]
 pub struct WorkerSpec {}
 
 /// What a worker is doing.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum WorkerState {
     /// Waiting for a run.

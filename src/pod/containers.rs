@@ -65,7 +65,10 @@ pub(super) fn containers(
         worker_env.push(env("SPACELIFT_LAUNCHER_RUN_TIMEOUT", format!("{seconds}s")));
     }
     if let Some(seconds) = ids.run.logs_timeout_seconds {
-        worker_env.push(env("SPACELIFT_LAUNCHER_LOGS_TIMEOUT", format!("{seconds}s")));
+        worker_env.push(env(
+            "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
+            format!("{seconds}s"),
+        ));
     }
     let worker = builtin(
         WORKER_CONTAINER,
@@ -80,7 +83,12 @@ pub(super) fn containers(
     let mut init_containers = template.custom_init_containers.clone().unwrap_or_default();
     init_containers.push(init);
     let mut containers = vec![grpc, worker];
-    containers.extend(template.additional_sidecar_containers.clone().unwrap_or_default());
+    containers.extend(
+        template
+            .additional_sidecar_containers
+            .clone()
+            .unwrap_or_default(),
+    );
     check_unique_names(&init_containers, &containers)?;
     Ok((init_containers, containers))
 }
@@ -102,7 +110,10 @@ fn run_env(ids: &RunIds<'_>) -> Vec<EnvVar> {
         env("SPACELIFT_RUN_ATTEMPT", ids.run.attempt.to_string()),
         env("SPACELIFT_WORKSPACE_PATH", WORKSPACE_PATH.to_string()),
         env("SPACELIFT_BINARIES_PATH", BINARIES_PATH.to_string()),
-        env("SPACELIFT_BINARIES_CACHE_PATH", BINARIES_CACHE_PATH.to_string()),
+        env(
+            "SPACELIFT_BINARIES_CACHE_PATH",
+            BINARIES_CACHE_PATH.to_string(),
+        ),
     ]
 }
 
@@ -158,7 +169,11 @@ fn check_unique_names(init: &[Container], containers: &[Container]) -> Result<()
     let user = custom_init
         .iter()
         .map(|c| ("customInitContainers", c.name.as_str()))
-        .chain(sidecars.iter().map(|c| ("additionalSidecarContainers", c.name.as_str())));
+        .chain(
+            sidecars
+                .iter()
+                .map(|c| ("additionalSidecarContainers", c.name.as_str())),
+        );
     let mut seen = vec![INIT_CONTAINER, GRPC_CONTAINER, WORKER_CONTAINER];
     for (field, name) in user {
         if seen.contains(&name) {

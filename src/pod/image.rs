@@ -141,17 +141,30 @@ mod tests {
             ("ubuntu", (s("docker.io"), s("library/ubuntu"), None, None)),
             (
                 "someone/non-existent-image:1234",
-                (s("docker.io"), s("someone/non-existent-image"), Some(s("1234")), None),
+                (
+                    s("docker.io"),
+                    s("someone/non-existent-image"),
+                    Some(s("1234")),
+                    None,
+                ),
             ),
             (
                 "public.ecr.aws/spacelift/runner-terraform:latest",
-                (s("public.ecr.aws"), s("spacelift/runner-terraform"), Some(s("latest")), None),
+                (
+                    s("public.ecr.aws"),
+                    s("spacelift/runner-terraform"),
+                    Some(s("latest")),
+                    None,
+                ),
             ),
             (
                 "localhost:5000/runner",
                 (s("localhost:5000"), s("runner"), None, None),
             ),
-            ("localhost/runner", (s("localhost"), s("runner"), None, None)),
+            (
+                "localhost/runner",
+                (s("localhost"), s("runner"), None, None),
+            ),
             (
                 "Registry.Example.com:443/team/runner:v1@sha256:abc",
                 (
@@ -167,7 +180,12 @@ mod tests {
             ),
             (
                 "redis@sha256:0123",
-                (s("docker.io"), s("library/redis"), None, Some(s("sha256:0123"))),
+                (
+                    s("docker.io"),
+                    s("library/redis"),
+                    None,
+                    Some(s("sha256:0123")),
+                ),
             ),
         ];
         for (image, want) in cases {
@@ -181,7 +199,10 @@ mod tests {
         for (image, reason) in [
             ("ubuntu:", "the tag after ':' is empty"),
             ("team//runner", "the repository path has an empty component"),
-            ("docker.io/Team/Runner", "repository names must be lowercase"),
+            (
+                "docker.io/Team/Runner",
+                "repository names must be lowercase",
+            ),
             ("ubuntu latest", "it contains whitespace"),
             ("ubuntu@abc", "the digest must look like sha256:<hex>"),
         ] {
@@ -199,12 +220,20 @@ mod tests {
     #[test]
     fn allowed_hosts_follow_docker_hub_and_port_rules() {
         let allowed = vec!["docker.io".to_string(), "some.private.registry".to_string()];
-        let allows = |image: &str| ImageReference::parse(image).unwrap().host_is_allowed(&allowed);
+        let allows = |image: &str| {
+            ImageReference::parse(image)
+                .unwrap()
+                .host_is_allowed(&allowed)
+        };
         assert!(allows("ubuntu"));
         assert!(allows("index.docker.io/library/ubuntu:22.04"));
         assert!(allows("SOME.private.registry/runner"));
         assert!(!allows("some.private.registry:5000/runner"));
         assert!(!allows("public.ecr.aws/spacelift/runner"));
-        assert!(ImageReference::parse("anything.example/x").unwrap().host_is_allowed(&[]));
+        assert!(
+            ImageReference::parse("anything.example/x")
+                .unwrap()
+                .host_is_allowed(&[])
+        );
     }
 }

@@ -45,9 +45,7 @@ const BINARIES_VOLUME: &str = "binaries";
 pub enum BuildError {
     #[error("run id {0:?} is not a ULID: the backend must send a 26-character ULID as runId")]
     RunIdNotUlid(String),
-    #[error(
-        "run stage {0:?} cannot be part of a Pod name: use lowercase letters, digits and '-'"
-    )]
+    #[error("run stage {0:?} cannot be part of a Pod name: use lowercase letters, digits and '-'")]
     BadStage(String),
     #[error("run attempt must be 1 or more, got 0")]
     ZeroAttempt,
@@ -114,7 +112,10 @@ pub fn build_pod(pool: &WorkerPool, worker: &Worker, run: &RunSchedule) -> Resul
         .ok_or(BuildError::NoRunnerImage)?;
     check_runner_image(
         &runner_image,
-        pool.spec.allowed_runner_image_hosts.as_deref().unwrap_or_default(),
+        pool.spec
+            .allowed_runner_image_hosts
+            .as_deref()
+            .unwrap_or_default(),
     )?;
 
     let volumes = volumes(&template)?;
@@ -250,7 +251,9 @@ struct Volumes {
 
 fn volumes(template: &PodTemplate) -> Result<Volumes, BuildError> {
     let special = |configured: &Option<Volume>, default_name: &str| {
-        let mut volume = configured.clone().unwrap_or_else(|| empty_dir(default_name));
+        let mut volume = configured
+            .clone()
+            .unwrap_or_else(|| empty_dir(default_name));
         if volume.name.is_empty() {
             volume.name = default_name.to_string();
         }
@@ -264,9 +267,18 @@ fn volumes(template: &PodTemplate) -> Result<Volumes, BuildError> {
         ("workspaceVolume", workspace.clone()),
         ("binariesCacheVolume", binaries_cache.clone()),
     ];
-    let extra = template.volumes.iter().flatten().enumerate().map(|(i, v)| (format!("volumes[{i}]"), v.clone()));
+    let extra = template
+        .volumes
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, v)| (format!("volumes[{i}]"), v.clone()));
     let mut all: Vec<Volume> = Vec::new();
-    for (field, volume) in builtin.into_iter().map(|(f, v)| (f.to_string(), v)).chain(extra) {
+    for (field, volume) in builtin
+        .into_iter()
+        .map(|(f, v)| (f.to_string(), v))
+        .chain(extra)
+    {
         if all.iter().any(|v| v.name == volume.name) {
             return Err(BuildError::DuplicateVolume {
                 field,
@@ -292,5 +304,9 @@ fn empty_dir(name: &str) -> Volume {
 
 /// The seed's examples write `""` for unset strings (`launcherImage: ""`): treat them as unset.
 fn non_empty(value: &Option<String>) -> Option<String> {
-    value.as_ref().map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_string)
+    value
+        .as_ref()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }

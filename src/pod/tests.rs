@@ -120,17 +120,31 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
     );
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
-        (owner.api_version.as_str(), owner.kind.as_str(), owner.name.as_str()),
-        ("workers.spacelift.io/v1beta1", "Worker", "test-pool-01hps6k4bnb7bphcdhdwfamjnv")
+        (
+            owner.api_version.as_str(),
+            owner.kind.as_str(),
+            owner.name.as_str()
+        ),
+        (
+            "workers.spacelift.io/v1beta1",
+            "Worker",
+            "test-pool-01hps6k4bnb7bphcdhdwfamjnv"
+        )
     );
-    assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+    assert_eq!(
+        (owner.controller, owner.block_owner_deletion),
+        (Some(true), Some(true))
+    );
 
     let spec = spec(&pod);
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.active_deadline_seconds, Some(4200));
     assert_eq!(spec.termination_grace_period_seconds, Some(30));
     let security = spec.security_context.as_ref().unwrap();
-    assert_eq!((security.run_as_user, security.run_as_group), (Some(1983), Some(1983)));
+    assert_eq!(
+        (security.run_as_user, security.run_as_group),
+        (Some(1983), Some(1983))
+    );
     assert_eq!(names(spec.init_containers.as_ref().unwrap()), ["init"]);
     assert_eq!(names(&spec.containers), ["launcher-grpc", "worker"]);
 
@@ -151,15 +165,23 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
     for c in [init, grpc, worker] {
         assert_eq!(env(c, "SPACELIFT_RUN_ULID"), [RUN_ULID], "{}", c.name);
         assert_eq!(
-            c.security_context.as_ref().and_then(|s| s.allow_privilege_escalation),
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.allow_privilege_escalation),
             Some(false)
         );
     }
 
     let workspace = ("workspace".to_string(), WORKSPACE_PATH.to_string());
-    let cache = ("binaries-cache".to_string(), BINARIES_CACHE_PATH.to_string());
+    let cache = (
+        "binaries-cache".to_string(),
+        BINARIES_CACHE_PATH.to_string(),
+    );
     let binaries = ("binaries".to_string(), BINARIES_PATH.to_string());
-    assert_eq!(mounts(init), [workspace.clone(), binaries.clone(), cache.clone()]);
+    assert_eq!(
+        mounts(init),
+        [workspace.clone(), binaries.clone(), cache.clone()]
+    );
     assert_eq!(mounts(grpc), [workspace.clone()]);
     assert_eq!(mounts(worker), [workspace, binaries, cache]);
     let volumes: Vec<(&str, bool)> = spec
@@ -170,7 +192,11 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
         .collect();
     assert_eq!(
         volumes,
-        [("binaries", true), ("workspace", true), ("binaries-cache", true)]
+        [
+            ("binaries", true),
+            ("workspace", true),
+            ("binaries-cache", true)
+        ]
     );
 }
 
@@ -198,7 +224,11 @@ fn the_workspace_volume_and_fs_group_of_the_seed_are_used() {
     assert!(workspace.ephemeral.is_some() && workspace.empty_dir.is_none());
     let security = spec.security_context.as_ref().unwrap();
     assert_eq!(
-        (security.fs_group, security.run_as_user, security.run_as_group),
+        (
+            security.fs_group,
+            security.run_as_user,
+            security.run_as_group
+        ),
         (Some(1983), Some(1983), Some(1983))
     );
 }
@@ -221,14 +251,20 @@ fn the_full_configuration_example_builds_with_its_sidecar_and_ignores_empty_stri
     run.runner_image = Some("some.private.registry/runner:1".into());
     let pod = build_pod(&pool, &worker(), &run).unwrap();
     let spec = spec(&pod);
-    assert_eq!(names(&spec.containers), ["launcher-grpc", "worker", "redis"]);
+    assert_eq!(
+        names(&spec.containers),
+        ["launcher-grpc", "worker", "redis"]
+    );
     // `launcherImage: ""`, `nodeName: ""`, `schedulerName: ""` and `runtimeClassName: ""`
     // are unset, not empty.
     assert_eq!(container(&pod, "init").image.as_deref(), Some(LAUNCHER));
     assert_eq!(spec.node_name, None);
     assert_eq!(spec.scheduler_name, None);
     assert_eq!(spec.runtime_class_name, None);
-    assert_eq!(spec.service_account_name.as_deref(), Some("custom-service-account"));
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("custom-service-account")
+    );
     assert_eq!(spec.automount_service_account_token, Some(true));
     assert_eq!(spec.active_deadline_seconds, Some(4200));
 }
@@ -288,7 +324,9 @@ fn custom_binaries_path_comes_first_in_path() {
     let pod = build(&fixture("custom-binaries-path"));
     assert_eq!(
         env(container(&pod, "worker"), "PATH"),
-        ["/bin:/opt/spacelift/binaries:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        [
+            "/bin:/opt/spacelift/binaries:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
     );
 }
 
@@ -328,7 +366,13 @@ fn the_initialization_policy_volume_mount_and_variable_reach_the_init_container(
         volume.config_map.as_ref().map(|c| c.name.as_str()),
         Some("test-workerpool-initialization-policy")
     );
-    assert!(env(container(&pod, "worker"), "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY").is_empty());
+    assert!(
+        env(
+            container(&pod, "worker"),
+            "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY"
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -340,7 +384,10 @@ fn the_docker_sidecar_example_keeps_its_privileged_sidecar_and_worker_env() {
         docker.security_context.as_ref().and_then(|s| s.privileged),
         Some(true)
     );
-    assert_eq!(env(container(&pod, "worker"), "DOCKER_HOST"), ["tcp://localhost:2375"]);
+    assert_eq!(
+        env(container(&pod, "worker"), "DOCKER_HOST"),
+        ["tcp://localhost:2375"]
+    );
 }
 
 #[test]
@@ -359,11 +406,18 @@ fn container_overrides_set_security_context_pull_policy_env_from_and_mounts() {
     assert_eq!(worker.image_pull_policy.as_deref(), Some("Always"));
     let security = worker.security_context.as_ref().unwrap();
     assert_eq!(
-        (security.run_as_non_root, security.allow_privilege_escalation),
+        (
+            security.run_as_non_root,
+            security.allow_privilege_escalation
+        ),
         (Some(true), None)
     );
     assert_eq!(
-        worker.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name,
+        worker.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
         "cloud-creds"
     );
     assert_eq!(
@@ -371,7 +425,9 @@ fn container_overrides_set_security_context_pull_policy_env_from_and_mounts() {
         Some(&("certs".to_string(), "/etc/ssl/extra".to_string()))
     );
     assert_eq!(
-        container(&pod, "launcher-grpc").image_pull_policy.as_deref(),
+        container(&pod, "launcher-grpc")
+            .image_pull_policy
+            .as_deref(),
         Some("IfNotPresent")
     );
     assert_eq!(container(&pod, "init").image_pull_policy, None);
@@ -416,7 +472,10 @@ fn every_scheduling_field_is_copied() {
         ("nodeSelector", json!({"pool": "runs"})),
         ("nodeName", json!("node-1")),
         ("schedulerName", json!("batch")),
-        ("hostAliases", json!([{"ip": "10.0.0.5", "hostnames": ["vcs.internal"]}])),
+        (
+            "hostAliases",
+            json!([{"ip": "10.0.0.5", "hostnames": ["vcs.internal"]}]),
+        ),
         ("dnsConfig", json!({"nameservers": ["10.0.0.53"]})),
         ("runtimeClassName", json!("gvisor")),
         ("activeDeadlineSeconds", json!(600)),
@@ -428,7 +487,8 @@ fn every_scheduling_field_is_copied() {
     assert_eq!(spec["tolerations"][0]["key"], "dedicated");
     assert_eq!(spec["topologySpreadConstraints"][0]["topologyKey"], "zone");
     assert_eq!(
-        spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]["key"],
+        spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
         "zone"
     );
 }
@@ -477,9 +537,18 @@ fn clashing_names_are_reported_on_the_pool_field() {
 #[test]
 fn bad_run_identities_are_refused() {
     let cases: [(fn(&mut RunSchedule), BuildError); 4] = [
-        (|r| r.run_id = "not-a-ulid".into(), BuildError::RunIdNotUlid("not-a-ulid".into())),
-        (|r| r.stage = "plan ning".into(), BuildError::BadStage("plan ning".into())),
-        (|r| r.stage = String::new(), BuildError::BadStage(String::new())),
+        (
+            |r| r.run_id = "not-a-ulid".into(),
+            BuildError::RunIdNotUlid("not-a-ulid".into()),
+        ),
+        (
+            |r| r.stage = "plan ning".into(),
+            BuildError::BadStage("plan ning".into()),
+        ),
+        (
+            |r| r.stage = String::new(),
+            BuildError::BadStage(String::new()),
+        ),
         (|r| r.attempt = 0, BuildError::ZeroAttempt),
     ];
     for (change, want) in cases {
@@ -500,7 +569,9 @@ fn a_worker_without_identity_cannot_own_a_pod() {
     let mut unlabelled = worker();
     unlabelled.metadata.labels = None;
     assert_eq!(
-        build_pod(&pool(json!({})), &unlabelled, &run()).unwrap_err().to_string(),
+        build_pod(&pool(json!({})), &unlabelled, &run())
+            .unwrap_err()
+            .to_string(),
         "Worker \"test-pool-01hps6k4bnb7bphcdhdwfamjnv\" has no workers.spacelift.io/workerpool label: it was not created by this operator"
     );
     let mut unsaved = worker();
