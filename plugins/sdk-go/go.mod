@@ -1,0 +1,3 @@
+module workerpool-operator/plugins/sdk-go
+
+go 1.24
