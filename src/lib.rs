@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod hooks;
