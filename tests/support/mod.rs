@@ -172,10 +172,10 @@ pub async fn service_account_token(ns: &str, service_account: &str) -> anyhow::R
         .create_token_request(service_account, &PostParams::default(), &request)
         .await
         .with_context(|| format!("requesting a token for serviceaccount {ns}/{service_account}"))?;
-    Ok(response
+    response
         .status
         .and_then(|s| s.token)
-        .context("TokenRequest answered without a token")?)
+        .context("TokenRequest answered without a token")
 }
 
 /// A kube Config that authenticates as a ServiceAccount (and nothing more), e.g. to run the
