@@ -1,0 +1,18 @@
+//! The Helm chart (issue 7): lint and render every value set, server-side dry-run, install,
+//! upgrade with a changed CRD, uninstall, and what the chart's ServiceAccount may and may not
+//! do, on the real control plane of tests/testenv.
+
+mod support;
+
+#[path = "helm/chart.rs"]
+mod chart;
+#[path = "helm/cluster.rs"]
+mod cluster;
+#[path = "helm/crds.rs"]
+mod crds;
+#[path = "helm/operator.rs"]
+mod operator;
+#[path = "helm/release.rs"]
+mod release;
+#[path = "helm/render.rs"]
+mod render;

@@ -1,0 +1,266 @@
+//! Running the operator on the host as the chart's ServiceAccount: the proof that the chart's
+//! RBAC is enough. The operator Pod cannot really run in the test cluster (kwok only pretends),
+//! so the binary runs here, with a kubeconfig that holds nothing but the ServiceAccount's token
+//! (`kubectl create token`, through the TokenRequest API) and exactly the arguments the chart
+//! renders for its Deployment (only the listen addresses and the hook file's path are adapted).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::chart::Rendering;
+use crate::release::Release;
+
+/// The operator binary of this package (built by cargo for the integration tests).
+pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_workerpool-operator");
+
+/// Where the operator listens on the host.
+#[derive(Clone, Copy, Debug)]
+pub struct HostAddresses {
+    pub probes: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl HostAddresses {
+    /// Free loopback ports (bound and released: a small race, acceptable in tests).
+    pub fn free() -> anyhow::Result<Self> {
+        let port = || -> anyhow::Result<SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        Ok(Self {
+            probes: port()?,
+            metrics: port()?,
+        })
+    }
+}
+
+/// The chart's Deployment arguments, made runnable on the host: `run` first, listen addresses on
+/// loopback, and the hook configuration read from `hook_config` instead of the mounted path.
+/// Everything else (namespaces, leader election, metrics security, logging) is the chart's.
+pub fn host_args(chart_args: &[String], hook_config: &Path, at: HostAddresses) -> Vec<String> {
+    chart_args
+        .iter()
+        .map(|arg| {
+            let (flag, _) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+            match flag {
+                "--health-probe-bind-address" => format!("{flag}={}", at.probes),
+                "--metrics-bind-address" => format!("{flag}={}", at.metrics),
+                "--hook-config" => format!("{flag}={}", hook_config.display()),
+                _ => arg.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `workerpool-operator run ...` on the host, as a release's ServiceAccount. Killed when
+/// dropped; [`HostOperator::terminate`] stops it the way the kubelet does (SIGTERM).
+pub struct HostOperator {
+    child: Child,
+    pub addresses: HostAddresses,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostOperator {
+    /// Starts the operator with the release's rendered arguments and configuration.
+    pub async fn start(release: &Release) -> anyhow::Result<Self> {
+        let manifest: Rendering = release.manifest()?;
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = release
+            .service_account_kubeconfig(&dir.path().join("kubeconfig"))
+            .await?;
+        let hook_config = dir.path().join("hooks.yaml");
+        std::fs::write(&hook_config, manifest.hook_config()?)?;
+        let addresses = HostAddresses::free()?;
+        let args = host_args(&manifest.args()?, &hook_config, addresses);
+        anyhow::ensure!(args.first().map(String::as_str) == Some("run"), "{args:?}");
+
+        let log = dir.path().join("operator.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(OPERATOR_BIN)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", &release.namespace)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {OPERATOR_BIN}"))?;
+        eprintln!(
+            "operator pid {} as {}: {args:?}",
+            child.id(),
+            release.service_account()
+        );
+        Ok(Self {
+            child,
+            addresses,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// What the operator logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200 (or the operator exits).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the operator exited ({status}) before it was ready:\n{}",
+                    self.logs()
+                );
+            }
+            if http_status(self.addresses.probes, "/readyz").await.ok() == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the operator was not ready after {timeout:?}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit (SIGKILL after that).
+    pub async fn terminate(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.child.kill()?;
+                bail!(
+                    "the operator ignored SIGTERM for {timeout:?}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for HostOperator {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The status code of a plain HTTP GET.
+async fn http_status(at: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(at).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut head = Vec::new();
+    stream.read_to_end(&mut head).await?;
+    let text = String::from_utf8_lossy(&head);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status line")
+}
+
+#[test]
+fn the_host_run_keeps_every_chart_argument_but_addresses_and_paths() -> anyhow::Result<()> {
+    let r = crate::chart::render(&[
+        "--set",
+        "controllerManager.namespaces={team-a}",
+        "--set",
+        "metricsService.enabled=true",
+    ])?;
+    let at = HostAddresses {
+        probes: "127.0.0.1:18081".parse()?,
+        metrics: "127.0.0.1:18443".parse()?,
+    };
+    let args = host_args(&r.args()?, Path::new("/tmp/x/hooks.yaml"), at);
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--health-probe-bind-address=127.0.0.1:18081",
+            "--leader-elect",
+            "--leader-election-id=wpo-workerpool-operator-leader",
+            "--hook-config=/tmp/x/hooks.yaml",
+            "--log-format=json",
+            "--log-level=info",
+            "--namespaces=team-a",
+            "--metrics-bind-address=127.0.0.1:18443",
+            "--metrics-secure=true",
+        ]
+    );
+    Ok(())
+}
+
+/// The RBAC sufficiency proof. It needs the controller (issue 5): `workerpool-operator run` and
+/// the controller's end-to-end scenarios, which are to be run here against this operator.
+#[tokio::test]
+#[ignore = "TODO(issue 7): needs `workerpool-operator run` and the controller's end-to-end scenarios (issue 5)"]
+async fn the_operator_runs_as_the_chart_service_account() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::Api;
+
+    let ns = crate::support::TestNamespace::new("helm-operator").await?;
+    let watched = crate::support::TestNamespace::new("helm-operator-w").await?;
+    let release = Release::install(
+        &crate::chart::chart_dir(),
+        &ns.name,
+        &[
+            "--set".into(),
+            "crds.install=false".into(),
+            "--set".into(),
+            format!("controllerManager.namespaces={{{}}}", watched.name),
+            "--set".into(),
+            "metricsService.enabled=true".into(),
+        ],
+    )?;
+    let mut operator = HostOperator::start(&release).await?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+
+    // It leads, through the Lease the chart's Role allows.
+    let lease_name = format!("{}-workerpool-operator-leader", release.name);
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
+    crate::support::wait_for("the leader Lease", Duration::from_secs(30), || async {
+        Ok(leases
+            .get_opt(&lease_name)
+            .await?
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty()))
+    })
+    .await?;
+
+    // TODO(issue 7): run the controller's end-to-end scenarios (pools, workers, runs, scaling,
+    // hooks, deletion) here against `operator`, then delete the pools, `release.uninstall()`,
+    // and check that no Worker, worker Secret, run Pod or Lease is left behind.
+
+    // The API server refused the ServiceAccount nothing ("... is forbidden: User ...").
+    let logs = operator.logs();
+    assert!(
+        !logs.contains(" is forbidden: "),
+        "a request was forbidden:\n{logs}"
+    );
+    let status = operator.terminate(Duration::from_secs(15)).await?;
+    assert!(status.success(), "exit {status}");
+    release.uninstall()?;
+    watched.cleanup().await?;
+    ns.cleanup().await
+}
