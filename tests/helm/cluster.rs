@@ -280,7 +280,7 @@ async fn the_example_hooks_load_as_the_chart_service_account() -> anyhow::Result
     ensure_example_plugins_built()?;
     let ns = TestNamespace::new("helm-examples").await?;
     // The documented steps: the script, then the install with the examples values file.
-    let script = chart_dir().join("examples/create-plugin-configmaps");
+    let script = chart_dir().join("examples/create-example-configmaps");
     let out = std::process::Command::new(&script)
         .args(["-n", &ns.name])
         .env("KUBECTL", &support::cluster().kubectl)
@@ -330,8 +330,9 @@ async fn the_example_hooks_load_as_the_chart_service_account() -> anyhow::Result
             "registry-mirror",
             "resource-guard",
             "deny-latest",
-            "no-privileged-containers",
-            "no-host-path-volumes",
+            "no-privileged",
+            "pinned-runner-images",
+            "change-freeze",
         ]
     );
     release.uninstall()?;

@@ -614,22 +614,16 @@ fn the_examples_render_the_operators_hook_config_format() -> anyhow::Result<()> 
     );
     assert_eq!(config.plugins[1].timeout_millis, Some(200));
     assert_eq!(config.limits.policy_timeout_millis, 100);
-    // Inline policies land in the chart's policies ConfigMap; plugins in the example ConfigMaps.
-    let policies = r.get("ConfigMap", "-policies")?;
+    // The example policies are the files of policies/, from the ConfigMap the script makes.
     for policy in &config.policies {
-        assert_eq!(
-            policy.config_map.as_deref(),
-            Some("wpo-workerpool-operator-policies")
-        );
+        assert_eq!(policy.config_map.as_deref(), Some("example-policies"));
         let key = policy.key.as_deref().unwrap();
         assert!(
-            policies["data"][key]
-                .as_str()
-                .unwrap()
-                .starts_with("package spacelift\n"),
-            "{key}"
+            support::repo_root().join("policies").join(key).is_file(),
+            "policies/{key}"
         );
     }
+    assert!(!r.has("ConfigMap", "-policies"), "{}", r.summary());
     let wanted = cluster_config_maps(&config);
     assert!(wanted.contains("example-plugin-deny-latest"), "{wanted:?}");
     // The checksum rolls the Deployment when the configuration changes.
