@@ -333,7 +333,6 @@ pub const MANAGER_RULES: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
     ("", "configmaps", &["get", "list", "watch"]),
-    ("", "events", &["create", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 

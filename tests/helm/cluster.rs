@@ -146,6 +146,7 @@ async fn the_service_account_may_do_what_the_operator_does_and_no_more() -> anyh
             Access::new("update", "", "configmaps").in_ns(x),
             Access::new("delete", "", "configmaps").in_ns(x),
             Access::new("update", "", "pods").in_ns(x),
+            Access::new("create", "", "events").in_ns(x),
             Access::new("create", "", "pods/exec").in_ns(x),
             Access::new("get", "", "pods/log").in_ns(x),
             Access::new("create", "", "serviceaccounts/token").in_ns(x),
