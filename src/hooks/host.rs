@@ -1,0 +1,428 @@
+//! The WASM host: one wasmtime engine for the process, an epoch ticker that enforces call
+//! deadlines, and a cache of compiled modules keyed by their sha256 digest.
+//!
+//! Modeled on kubewarden's policy-server: the engine is built once, modules are compiled once
+//! and pre-linked into an [`InstancePre`], and every call gets a fresh [`Store`] (see
+//! [`super::abi`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, OptLevel, ValType};
+
+use super::wasi::{self, CallState};
+
+/// Limits that apply to every plugin unless its spec overrides them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Deadline of one call (instantiation, `_initialize` and the export together).
+    pub timeout: Duration,
+    /// Linear-memory cap of one call.
+    pub memory_limit_bytes: usize,
+    /// Largest output a plugin may return from `evaluate` or `validate_settings`.
+    pub max_output_bytes: usize,
+    /// Largest module accepted (after gzip decompression).
+    pub max_module_bytes: usize,
+    /// How much of the plugin's stdout and stderr is kept (each); the rest is dropped.
+    pub max_stdio_bytes: usize,
+    /// Epoch tick: the granularity of deadlines. A call overruns its deadline by at most this.
+    pub epoch_tick: Duration,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(100),
+            memory_limit_bytes: 64 << 20,
+            max_output_bytes: 1 << 20,
+            max_module_bytes: 64 << 20,
+            max_stdio_bytes: 16 << 10,
+            epoch_tick: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Why a module could not be compiled or linked. The caller adds the plugin's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("the module is {size} bytes, more than the {limit} bytes a plugin may have")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the module is not valid WebAssembly: {0}")]
+    Compile(String),
+    #[error(
+        "the module imports {imports}, which the host does not provide (plugins may import only \
+         the WASI preview1 functions listed in docs/plugins.md, from `wasi_snapshot_preview1`)"
+    )]
+    UnsupportedImports { imports: String },
+    #[error("the module does not follow the workerpool plugin ABI: {problems}")]
+    Abi { problems: String },
+    #[error("the module could not be linked: {0}")]
+    Link(String),
+}
+
+/// A compiled, pre-linked module, shared by every plugin whose bytes have the same digest.
+pub struct CompiledModule {
+    pub(super) digest: Digest,
+    pub(super) size: usize,
+    pub(super) instance_pre: InstancePre<CallState>,
+    pub(super) has_initialize: bool,
+    pub(super) compile_time: Duration,
+    pub(super) exports: Vec<String>,
+}
+
+impl CompiledModule {
+    /// sha256 of the module bytes (after decompression).
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+    /// Size of the module in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// How long compilation took (zero when the module came from the cache).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+    /// Names of the module's exports, in module order.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+}
+
+impl fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("digest", &self.digest.to_string())
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// sha256 of a module.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Self(out)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The process-wide WASM host. Cheap to share behind an `Arc`; dropping the last `Arc` stops
+/// the epoch ticker.
+pub struct WasmHost {
+    engine: Engine,
+    linker: Linker<CallState>,
+    limits: HostLimits,
+    cache: Mutex<HashMap<Digest, Weak<CompiledModule>>>,
+    ticker: Option<EpochTicker>,
+}
+
+impl fmt::Debug for WasmHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmHost")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host could not be created (the engine refused its configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the WASM host: {0}")]
+pub struct HostError(String);
+
+impl WasmHost {
+    pub fn new(limits: HostLimits) -> Result<Arc<Self>, HostError> {
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            // Deep recursion in a plugin traps instead of exhausting the host thread's stack.
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| HostError(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| HostError(e.to_string()))?;
+        let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick);
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            limits,
+            cache: Mutex::new(HashMap::new()),
+            ticker: Some(ticker),
+        }))
+    }
+
+    pub fn limits(&self) -> &HostLimits {
+        &self.limits
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Number of epoch ticks that cover `timeout`, plus one for the tick already under way.
+    pub(super) fn deadline_ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.limits.epoch_tick.as_nanos().max(1);
+        u64::try_from(timeout.as_nanos().div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Compiles `bytes` (or returns the cached module with the same digest) and checks that it
+    /// imports only what the host provides and exports the plugin ABI.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Arc<CompiledModule>, ModuleError> {
+        if bytes.len() > self.limits.max_module_bytes {
+            return Err(ModuleError::TooLarge {
+                size: bytes.len(),
+                limit: self.limits.max_module_bytes,
+            });
+        }
+        let digest = Digest::of(bytes);
+        // Compiling under the lock keeps two reloads of the same bytes from compiling twice;
+        // loads are rare and never on the run path.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = cache.get(&digest).and_then(Weak::upgrade) {
+            return Ok(module);
+        }
+        let started = Instant::now();
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let compiled = Arc::new(self.link(module, digest, bytes.len(), started)?);
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(digest, Arc::downgrade(&compiled));
+        Ok(compiled)
+    }
+
+    fn link(
+        &self,
+        module: Module,
+        digest: Digest,
+        size: usize,
+        started: Instant,
+    ) -> Result<CompiledModule, ModuleError> {
+        let unsupported: Vec<String> = module
+            .imports()
+            .filter(|import| {
+                !(import.module() == wasi::MODULE
+                    && matches!(import.ty(), ExternType::Func(_))
+                    && wasi::provides(import.name()))
+            })
+            .map(|import| format!("`{}::{}`", import.module(), import.name()))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(ModuleError::UnsupportedImports {
+                imports: unsupported.join(", "),
+            });
+        }
+        let (exports, has_initialize) = check_abi_exports(&module)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Link(format!("{e:#}")))?;
+        Ok(CompiledModule {
+            digest,
+            size,
+            instance_pre,
+            has_initialize,
+            compile_time: started.elapsed(),
+            exports,
+        })
+    }
+}
+
+impl Drop for WasmHost {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+/// Checks the ABI exports; returns every export name and whether `_initialize` is present.
+fn check_abi_exports(module: &Module) -> Result<(Vec<String>, bool), ModuleError> {
+    use ValType::{I32, I64};
+    let expected: [(&str, &[ValType], &[ValType]); 4] = [
+        (super::abi::ABI_MARKER, &[], &[]),
+        ("alloc", &[I32], &[I32]),
+        ("validate_settings", &[I32, I32], &[I64]),
+        ("evaluate", &[I32, I32], &[I64]),
+    ];
+    let mut problems = Vec::new();
+    let exports: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
+    match module.get_export("memory") {
+        Some(ExternType::Memory(memory)) if !memory.is_64() => {}
+        Some(_) => problems.push("`memory` must be a 32-bit linear memory".to_string()),
+        None => problems.push("missing export `memory`".to_string()),
+    }
+    for (name, params, results) in expected {
+        match module.get_export(name) {
+            Some(ExternType::Func(ty)) => {
+                let got_params: Vec<ValType> = ty.params().collect();
+                let got_results: Vec<ValType> = ty.results().collect();
+                if !same_types(&got_params, params) || !same_types(&got_results, results) {
+                    problems.push(format!(
+                        "export `{name}` has type {} but the ABI needs {}",
+                        signature(&got_params, &got_results),
+                        signature(params, results)
+                    ));
+                }
+            }
+            Some(_) => problems.push(format!("export `{name}` must be a function")),
+            None => problems.push(format!("missing export `{name}`")),
+        }
+    }
+    let has_initialize = match module.get_export("_initialize") {
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => true,
+        Some(_) => {
+            problems.push(
+                "export `_initialize` must be a function with no parameters and no results".into(),
+            );
+            false
+        }
+        None => false,
+    };
+    if problems.is_empty() {
+        Ok((exports, has_initialize))
+    } else {
+        Err(ModuleError::Abi {
+            problems: problems.join("; "),
+        })
+    }
+}
+
+fn same_types(a: &[ValType], b: &[ValType]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| ValType::eq(x, y))
+}
+
+fn signature(params: &[ValType], results: &[ValType]) -> String {
+    let list = |types: &[ValType]| {
+        types
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", list(params), list(results))
+}
+
+/// A thread that advances the engine's epoch every tick. Calls set their deadline in ticks.
+struct EpochTicker {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                // The sender is dropped (or sends) when the host goes away.
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the WASM epoch thread: {e}"));
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Arc<WasmHost> {
+        WasmHost::new(HostLimits::default()).expect("host")
+    }
+
+    const MINIMAL: &str = r#"(module
+        (memory (export "memory") 1)
+        (func (export "workerpool_abi_v1"))
+        (func (export "alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "validate_settings") (param i32 i32) (result i64) i64.const 0)
+        (func (export "evaluate") (param i32 i32) (result i64) i64.const 0))"#;
+
+    #[test]
+    fn the_same_bytes_are_compiled_once() {
+        let host = host();
+        let bytes = MINIMAL.as_bytes().to_vec();
+        let a = host.compile(&bytes).unwrap();
+        let b = host.compile(&bytes).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.digest().to_string().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn missing_exports_are_listed_together() {
+        let bytes = r#"(module (func (export "evaluate") (param i32) (result i64) i64.const 0))"#
+            .as_bytes()
+            .to_vec();
+        let err = host().compile(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the module does not follow the workerpool plugin ABI: missing export `memory`; \
+             missing export `workerpool_abi_v1`; missing export `alloc`; missing export \
+             `validate_settings`; export `evaluate` has type (i32) -> (i64) but the ABI needs \
+             (i32, i32) -> (i64)"
+        );
+    }
+
+    #[test]
+    fn imports_outside_wasi_are_refused_by_name() {
+        let bytes = 
+            r#"(module (import "env" "launch_missiles" (func (param i32)))
+                       (import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32))))"#
+                .as_bytes()
+                .to_vec();
+        let err = host().compile(&bytes).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the module imports `env::launch_missiles`, `wasi_snapshot_preview1::sock_open`, \
+                 which the host does not provide"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_webassembly() {
+        let err = host().compile(b"not wasm").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the module is not valid WebAssembly: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deadline_ticks_round_up_and_add_one() {
+        let host = host();
+        assert_eq!(host.deadline_ticks(Duration::from_millis(100)), 51);
+        assert_eq!(host.deadline_ticks(Duration::from_millis(1)), 2);
+    }
+}

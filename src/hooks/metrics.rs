@@ -1,0 +1,134 @@
+//! Per-hook metrics. Labels: `scope` (`cluster` or `<namespace>/<pool>`), `stage`
+//! (`clusterPlugin`, `poolPlugin`, `poolPolicy`, `clusterPolicy`, `invariants`) and `hook`.
+
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+const PREFIX: &str = "spacelift_workerpool_controller_hook";
+
+/// The hook pipeline's metrics. Create once, [`HookMetrics::register`] into the operator's
+/// registry, and share behind an `Arc`.
+#[derive(Clone, Debug)]
+pub struct HookMetrics {
+    /// Duration of one hook call (plugin: instantiate + call; policy: evaluation).
+    pub call_duration: HistogramVec,
+    /// Runs denied, by the hook that denied them.
+    pub denials: IntCounterVec,
+    /// Hook failures (trap, memory, timeout, bad output, not loaded ...), by `kind`.
+    pub errors: IntCounterVec,
+    /// Hook calls that hit their deadline (also counted in `errors`).
+    pub timeouts: IntCounterVec,
+    /// Loads (compile, validate settings, parse) that failed, by hook.
+    pub load_failures: IntCounterVec,
+}
+
+impl Default for HookMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HookMetrics {
+    /// Creates the metrics without registering them (for `render` and tests).
+    pub fn new() -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+        };
+        Self {
+            call_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    format!("{PREFIX}_call_duration_seconds"),
+                    "Time in seconds one hook call took",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+                &["scope", "stage", "hook"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            denials: counter(
+                "denials_total",
+                "Total number of runs denied by a hook",
+                &["scope", "stage", "hook"],
+            ),
+            errors: counter(
+                "errors_total",
+                "Total number of hook failures",
+                &["scope", "stage", "hook", "kind"],
+            ),
+            timeouts: counter(
+                "timeouts_total",
+                "Total number of hook calls that hit their deadline",
+                &["scope", "stage", "hook"],
+            ),
+            load_failures: counter(
+                "load_failures_total",
+                "Total number of hook versions that failed to load",
+                &["scope", "hook"],
+            ),
+        }
+    }
+
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::new();
+        registry.register(Box::new(metrics.call_duration.clone()))?;
+        registry.register(Box::new(metrics.denials.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.timeouts.clone()))?;
+        registry.register(Box::new(metrics.load_failures.clone()))?;
+        Ok(metrics)
+    }
+
+    pub(super) fn observe_call(&self, scope: &str, stage: &str, hook: &str, elapsed: Duration) {
+        self.call_duration
+            .with_label_values(&[scope, stage, hook])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(super) fn count_denial(&self, scope: &str, stage: &str, hook: &str) {
+        self.denials.with_label_values(&[scope, stage, hook]).inc();
+    }
+
+    pub(super) fn count_error(
+        &self,
+        scope: &str,
+        stage: &str,
+        hook: &str,
+        kind: &str,
+        timeout: bool,
+    ) {
+        self.errors
+            .with_label_values(&[scope, stage, hook, kind])
+            .inc();
+        if timeout {
+            self.timeouts.with_label_values(&[scope, stage, hook]).inc();
+        }
+    }
+
+    pub(super) fn count_load_failure(&self, scope: &str, hook: &str) {
+        self.load_failures.with_label_values(&[scope, hook]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_under_the_controller_prefix() {
+        let registry = Registry::new();
+        let metrics = HookMetrics::register(&registry).unwrap();
+        metrics.count_error("cluster", "clusterPlugin", "spin", "timeout", true);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert!(names.contains(&"spacelift_workerpool_controller_hook_timeouts_total".to_string()));
+        assert!(names.contains(&"spacelift_workerpool_controller_hook_errors_total".to_string()));
+    }
+}

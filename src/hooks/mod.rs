@@ -1,0 +1,42 @@
+//! The hook pipeline: WASM plugins and Rego initialization policies that may change or refuse a
+//! run Pod before it is created. See docs/plugins.md.
+//!
+//! One file per job:
+//! - [`host`]: the wasmtime engine, the epoch ticker and the module cache;
+//! - `wasi`: the host's own WASI preview1 surface (no files, network or environment);
+//! - [`abi`]: one call into a plugin (fresh store, deadline, memory cap, output cap);
+//! - [`plugin`]: a loaded plugin and the ABI's JSON documents;
+//! - [`rego`]: initialization policies (regorus);
+//! - [`pipeline`]: the stages in order, and the [`Decision`];
+//! - [`invariants`]: what no hook may change, and `allowedRunnerImageHosts`;
+//! - [`trail`]: the record of which hook did what, written onto the Pod;
+//! - [`source`]: ConfigMaps and the pool's initialization policy volume;
+//! - [`registry`]: live hooks, hot reload, load reports;
+//! - [`config`]: the operator's cluster-wide hook configuration file;
+//! - [`metrics`]: per-hook metrics.
+
+pub mod abi;
+pub mod config;
+pub mod host;
+pub mod input;
+pub mod invariants;
+pub mod metrics;
+pub mod pipeline;
+pub mod plugin;
+pub mod registry;
+pub mod rego;
+pub mod source;
+mod spec;
+pub mod trail;
+mod wasi;
+
+pub use config::HookConfig;
+pub use host::{HostLimits, WasmHost};
+pub use input::{HookInput, PoolContext, WorkerContext};
+pub use metrics::HookMetrics;
+pub use pipeline::{Allowed, Decision, Denial, Pipeline, PluginEntry, PolicyEntry};
+pub use plugin::Plugin;
+pub use registry::{HookRegistry, LoadReport};
+pub use rego::{Policy, RegoVersion};
+pub use spec::{FailurePolicy, PluginSpec, PolicySpec};
+pub use trail::{HookRecord, Outcome, Stage, TRAIL_ANNOTATION};

@@ -1,0 +1,314 @@
+//! Rego initialization policies, evaluated with regorus before the run Pod exists.
+//!
+//! A policy is compiled once: parsed (as Rego v1, or v0 as in the seed's example), analysed and
+//! prepared for `data.spacelift.deny`. Each evaluation clones the prepared engine (a few
+//! reference counts), sets the input and evaluates `deny` under a wall-clock limit. Anything
+//! that goes wrong while evaluating denies the run (fail closed).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, Value};
+use serde::{Deserialize, Serialize};
+
+/// The package initialization policies declare, as in Spacelift.
+pub const PACKAGE: &str = "data.spacelift";
+/// The rule whose messages deny a run.
+pub const DENY_RULE: &str = "data.spacelift.deny";
+
+/// Which Rego syntax a policy is written in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegoVersion {
+    /// Rego v1 first; if that fails to parse, Rego v0 (the seed's `deny["..."] { ... }`).
+    #[default]
+    Auto,
+    V0,
+    V1,
+}
+
+/// Why a policy could not be compiled. The caller adds where the policy came from.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error(
+        "the policy declares {found}, but initialization policies must declare `package spacelift`"
+    )]
+    Package { found: String },
+    #[error("the policy cannot be prepared: {0}")]
+    Prepare(String),
+}
+
+/// Why an evaluation failed. Every failure denies the run.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyEvalError {
+    #[error(
+        "evaluation took longer than {} ms (the policy time limit); the run is denied",
+        limit.as_millis()
+    )]
+    Timeout { limit: Duration },
+    #[error("evaluation failed: {0}; the run is denied")]
+    Failed(String),
+}
+
+impl PolicyEvalError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyEvalError::Timeout { .. } => "timeout",
+            PolicyEvalError::Failed(_) => "error",
+        }
+    }
+}
+
+/// A compiled initialization policy.
+#[derive(Clone)]
+pub struct Policy {
+    name: String,
+    engine: Arc<Engine>,
+    version: RegoVersion,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Parses and prepares `source`. `file` is the name used in syntax error positions.
+    pub fn compile(
+        name: &str,
+        file: &str,
+        source: &str,
+        version: RegoVersion,
+        timeout: Duration,
+    ) -> Result<Self, PolicyError> {
+        let (mut engine, version) = match version {
+            RegoVersion::V0 | RegoVersion::V1 => (parse(file, source, version)?, version),
+            RegoVersion::Auto => match parse(file, source, RegoVersion::V1) {
+                Ok(engine) => (engine, RegoVersion::V1),
+                Err(v1_error) => match parse(file, source, RegoVersion::V0) {
+                    Ok(engine) => (engine, RegoVersion::V0),
+                    Err(v0_error) => return Err(pick_error(source, v1_error, v0_error)),
+                },
+            },
+        };
+        let packages = engine
+            .get_packages()
+            .map_err(|e| PolicyError::Prepare(e.to_string()))?;
+        if packages.iter().any(|p| p != PACKAGE) || packages.is_empty() {
+            let found = packages
+                .iter()
+                .find(|p| *p != PACKAGE)
+                .map(|p| format!("`package {}`", p.trim_start_matches("data.")))
+                .unwrap_or_else(|| "no package".into());
+            return Err(PolicyError::Package { found });
+        }
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: NonZeroU32::MIN,
+        });
+        // Analyse and schedule the policy now, once, so each evaluation clones a prepared
+        // engine. A policy without a `deny` rule is fine: it denies nothing.
+        if engine
+            .has_declared_rule_rooted_at(file, "deny")
+            .unwrap_or(false)
+        {
+            engine
+                .compile_with_entrypoint(&DENY_RULE.into())
+                .map_err(|e| PolicyError::Prepare(format!("{e:#}")))?;
+        }
+        Ok(Self {
+            name: name.to_string(),
+            engine: Arc::new(engine),
+            version,
+            timeout,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The syntax the policy was parsed with.
+    pub fn version(&self) -> RegoVersion {
+        self.version
+    }
+
+    /// Evaluates `deny` for `input` and returns its messages (empty: allowed).
+    pub fn evaluate(&self, input: &serde_json::Value) -> Result<Vec<String>, PolicyEvalError> {
+        let started = Instant::now();
+        let mut engine = (*self.engine).clone();
+        engine.set_input(Value::from(input.clone()));
+        let result = engine.eval_rule(DENY_RULE.to_string());
+        match result {
+            Ok(value) => {
+                deny_messages(&self.name, value).map_err(|e| PolicyEvalError::Failed(e.to_string()))
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if started.elapsed() >= self.timeout
+                    || e.downcast_ref::<regorus::LimitError>()
+                        .is_some_and(|l| matches!(l, regorus::LimitError::TimeLimitExceeded { .. }))
+                {
+                    Err(PolicyEvalError::Timeout {
+                        limit: self.timeout,
+                    })
+                } else if text.contains("not a valid rule path") || text.contains("not found") {
+                    // No `deny` rule at all: nothing to deny.
+                    Ok(Vec::new())
+                } else {
+                    Err(PolicyEvalError::Failed(text))
+                }
+            }
+        }
+    }
+}
+
+fn parse(file: &str, source: &str, version: RegoVersion) -> Result<Engine, PolicyError> {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(version == RegoVersion::V0);
+    engine
+        .add_policy(file.to_string(), source.to_string())
+        .map_err(|e| PolicyError::Syntax(format!("{e:#}")))?;
+    Ok(engine)
+}
+
+/// Both syntaxes failed: report the error of the one the policy was most likely written in.
+fn pick_error(source: &str, v1_error: PolicyError, v0_error: PolicyError) -> PolicyError {
+    let looks_v1 = source.contains("import rego.v1")
+        || source
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .any(|word| word == "if" || word == "contains");
+    let (version, error) = if looks_v1 {
+        ("v1", v1_error)
+    } else {
+        ("v0", v0_error)
+    };
+    PolicyError::Syntax(format!(
+        "does not parse as Rego {version} (set regoVersion to pin the syntax): {error}"
+    ))
+}
+
+/// `deny` may be a set (or array) of messages, or a boolean.
+fn deny_messages(name: &str, value: Value) -> Result<Vec<String>, String> {
+    let message = |v: &Value| match v {
+        Value::String(s) => s.to_string(),
+        other => other.to_json_str().unwrap_or_else(|_| format!("{other:?}")),
+    };
+    Ok(match value {
+        Value::Undefined | Value::Null | Value::Bool(false) => Vec::new(),
+        Value::Bool(true) => vec![format!("denied by policy {name}")],
+        Value::Set(set) => set.iter().map(message).collect(),
+        Value::Array(items) => items.iter().map(message).collect(),
+        other => {
+            return Err(format!(
+                "`deny` must be a set of messages, got {}",
+                other.to_json_str().unwrap_or_default()
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const SEED: &str = "package spacelift\n\ndeny[\"you shall not pass\"] {\n    false\n}\n";
+
+    fn compile(source: &str) -> Result<Policy, PolicyError> {
+        Policy::compile(
+            "test",
+            "test.rego",
+            source,
+            RegoVersion::Auto,
+            Duration::from_millis(200),
+        )
+    }
+
+    #[test]
+    fn the_seed_policy_is_v0_and_allows() {
+        let policy = compile(SEED).unwrap();
+        assert_eq!(policy.version(), RegoVersion::V0);
+        assert_eq!(policy.evaluate(&json!({})).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn v0_and_v1_deny_with_every_message() {
+        let v0 = "package spacelift\ndeny[\"a\"] { input.run.stage == \"planning\" }\ndeny[\"b\"] { true }";
+        let v1 = "package spacelift\ndeny contains \"a\" if input.run.stage == \"planning\"\ndeny contains \"b\" if true";
+        for source in [v0, v1] {
+            let policy = compile(source).unwrap();
+            let mut reasons = policy
+                .evaluate(&json!({"run": {"stage": "planning"}}))
+                .unwrap();
+            reasons.sort();
+            assert_eq!(reasons, ["a", "b"]);
+            assert_eq!(
+                policy
+                    .evaluate(&json!({"run": {"stage": "applying"}}))
+                    .unwrap(),
+                ["b"]
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_version_and_position() {
+        let err = compile("package spacelift\ndeny contains msg if {\n  msg := \n}").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("does not parse as Rego v1 (set regoVersion to pin the syntax): "),
+            "{text}"
+        );
+        assert!(text.contains("test.rego:"), "{text}");
+    }
+
+    #[test]
+    fn another_package_is_refused() {
+        let err = compile("package other\ndeny contains \"x\" if true").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the policy declares `package other`, but initialization policies must declare `package spacelift`"
+        );
+    }
+
+    #[test]
+    fn a_policy_without_deny_allows() {
+        let policy = compile("package spacelift\nallow := true").unwrap();
+        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_looping_policy_times_out() {
+        let source = "package spacelift\ndeny contains \"never\" if {\n  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  i * j < 0\n}";
+        let policy = Policy::compile(
+            "loop",
+            "loop.rego",
+            source,
+            RegoVersion::Auto,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let err = policy.evaluate(&json!({})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "evaluation took longer than 50 ms (the policy time limit); the run is denied"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
