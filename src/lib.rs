@@ -13,6 +13,8 @@ pub mod credentials;
 pub mod hooks;
 pub mod link;
 pub mod manifest;
+pub mod operator;
+pub mod ops;
 pub mod pod;
 pub mod protocol;
 pub mod render;

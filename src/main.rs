@@ -4,7 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use workerpool_operator::controller::ControllerConfig;
+use workerpool_operator::operator::{self, OperatorOptions};
+use workerpool_operator::ops::http::{MetricsServing, parse_bind_address};
+use workerpool_operator::ops::leader::LeaseConfig;
+use workerpool_operator::ops::telemetry::{self, LogFormat};
 use workerpool_operator::{crd, manifest, render};
 
 #[derive(Parser)]
@@ -20,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator (the controller manager).
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (or write them into a directory).
     Crds {
         /// Write crds/workerpools.yaml and crds/workers.yaml into this directory instead.
@@ -48,6 +57,76 @@ enum Command {
     },
 }
 
+/// Flags of `run`, spelled as the Go controller's (`--flag=value` works too).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics, e.g. ":8443"; "0" disables it.
+    #[arg(long, default_value = "0")]
+    metrics_bind_address: String,
+    /// Serve /metrics over HTTPS with TokenReview/SubjectAccessReview (true), or plain HTTP.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    metrics_secure: bool,
+    /// Where a mounted metrics certificate (tls.crt, tls.key) is looked for.
+    #[arg(long, default_value = "/tmp/k8s-metrics-server/serving-certs")]
+    metrics_cert_dir: PathBuf,
+    /// Address of /healthz and /readyz; "0" disables them.
+    #[arg(long, default_value = ":8081")]
+    health_probe_bind_address: String,
+    /// Elect a leader on a Lease: only the leader acts.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else the ServiceAccount's).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "workerpool-operator-leader")]
+    leader_election_id: String,
+    /// Watch only these namespaces (repeat the flag or separate with commas); all if absent.
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// The cluster-wide plugins and Rego policies (YAML, see docs/plugins.md).
+    #[arg(long)]
+    hook_config: Option<PathBuf>,
+    /// How often the hook configuration and its ConfigMaps are re-read (Go duration).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    hook_reload_interval: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Log filter, e.g. "info" or "workerpool_operator=debug" (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Allow plain mqtt:// brokers (no TLS): local experiments only.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_insecure_mqtt: bool,
+    /// How often the first connection to a pool's broker is retried before the pool reports
+    /// it unreachable (it keeps retrying after that).
+    #[arg(long, default_value_t = 10)]
+    mqtt_reconnect_retry_count: u32,
+    /// How long a run Pod may wait on an image pull before its run fails.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    image_pull_timeout: Duration,
+    /// How long a run Pod may stay unschedulable before its run fails.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    unschedulable_timeout: Duration,
+    /// How long a deleted Worker waits for the backend to confirm its deregistration.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    deregistration_timeout: Duration,
+    /// How often every worker's state is re-sent to the backend.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    heartbeat_interval: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let parsed: kube::core::Duration = text
+        .parse()
+        .map_err(|e| format!("{e} (use a Go duration such as 30s, 5m, 1h)"))?;
+    if parsed.is_negative() {
+        return Err("must not be negative".into());
+    }
+    Ok(parsed.into())
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Yaml,
@@ -66,6 +145,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_operator(*args),
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::Render {
             pool,
@@ -88,6 +168,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, &args.log_level)?;
+    let probe_address = parse_bind_address(&args.health_probe_bind_address)
+        .context("--health-probe-bind-address")?;
+    let metrics_address =
+        parse_bind_address(&args.metrics_bind_address).context("--metrics-bind-address")?;
+    let leader_election = if args.leader_elect {
+        let namespace = LeaseConfig::namespace_from(args.leader_election_namespace.as_deref())
+            .context("--leader-elect needs the namespace of its Lease: set POD_NAMESPACE or --leader-election-namespace")?;
+        let mut lease = LeaseConfig::new(namespace);
+        lease.name = args.leader_election_id.clone();
+        Some(lease)
+    } else {
+        None
+    };
+    let mut controller = ControllerConfig::default();
+    controller.waits.image_pull = args.image_pull_timeout;
+    controller.waits.unschedulable = args.unschedulable_timeout;
+    controller.deregistration_timeout = args.deregistration_timeout;
+    controller.heartbeat = args.heartbeat_interval;
+    controller.link.allow_insecure = args.allow_insecure_mqtt;
+    controller.link.first_connect_retries = Some(args.mqtt_reconnect_retry_count);
+    let options = OperatorOptions {
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .filter(|n| !n.trim().is_empty())
+            .collect(),
+        probe_address,
+        metrics_address,
+        metrics: MetricsServing {
+            secure: args.metrics_secure,
+            cert_dir: args.metrics_cert_dir,
+        },
+        leader_election,
+        hook_config: args.hook_config,
+        hook_namespace: std::env::var("POD_NAMESPACE").ok(),
+        hook_reload: args.hook_reload_interval,
+        controller,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(operator::run(options))?;
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

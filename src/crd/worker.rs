@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// One slot of a WorkerPool, registered with the backend. A Worker uses no cluster resources
 /// while IDLE; a run Pod exists for it while it is BUSY.
+// Several printer columns share `type_`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "workers.spacelift.io",
@@ -80,7 +82,7 @@ pub struct WorkerStatus {
 }
 
 /// The run stage a worker is processing.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentRun {
     /// The run's ULID.
@@ -88,7 +90,14 @@ pub struct CurrentRun {
     /// The run stage, e.g. "preparing".
     pub stage: String,
     /// The attempt of this stage.
+    // `uint32` is not a format the apiserver knows (it warns on apply): publish int32.
+    #[schemars(range(min = 1), extend("format" = "int32"))]
     pub attempt: u32,
     /// The run Pod's name.
     pub pod_name: String,
+    /// When the schedule was received.
+    pub scheduled_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Whether the run Pod has been created (a missing Pod then means it was deleted).
+    #[serde(default)]
+    pub pod_created: bool,
 }

@@ -18,6 +18,8 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 
 /// A pool of Spacelift workers. The operator keeps `poolSize` Workers registered with the
 /// backend and creates a run Pod for each run the backend schedules on one of them.
+// Several printer columns share `type_`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "workers.spacelift.io",

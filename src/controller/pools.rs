@@ -1,0 +1,371 @@
+//! The WorkerPool reconciler: credentials -> backend link -> Workers -> status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::plan::{WorkerView, plan_workers};
+use super::status::{CredentialState, Observation, pool_status, worker_counts};
+use super::{Context, Error, MANAGER, PoolHandle, PoolKey, is_not_found, workers};
+use crate::crd::{
+    LABEL_ULID, LABEL_WORKERPOOL, SecretKeyRef, Worker, WorkerPool, WorkerPoolStatus, WorkerState,
+};
+use crate::credentials::{Credentials, decode_credentials};
+use crate::hooks::registry::{HooksCondition, REASON_LOAD_FAILED, pool_config_maps};
+
+/// Reconciles one pool. Failures of one pool never stop the others: each pool is its own
+/// reconciliation, and a pool with bad input reports it on its status and events.
+pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let key = PoolKey {
+        namespace: namespace.clone(),
+        name: pool.name_any(),
+    };
+    if pool.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
+    let (credentials, link) = match read_credentials(&ctx, &pool).await? {
+        Ok(None) => (CredentialState::Missing, None),
+        Ok(Some(credentials)) => match ctx.links.ensure(&ctx, &key, &credentials) {
+            Ok(link) => (
+                CredentialState::Valid {
+                    pool_ulid: credentials.pool_id.to_string(),
+                },
+                Some(link),
+            ),
+            Err(err) => (CredentialState::Invalid(err.to_string()), None),
+        },
+        Err(problem) => {
+            tracing::error!(pool = %key, "{problem}");
+            ctx.event(
+                &*pool,
+                EventType::Warning,
+                "WorkerPoolCannotRegister",
+                "Register",
+                format!("Unable to register worker pool: {problem}"),
+            )
+            .await;
+            (CredentialState::Invalid(problem), None)
+        }
+    };
+    if let Some(link) = &link {
+        label_with_ulid(&ctx, &pool, &link.pool_id.to_string()).await?;
+    }
+    let hooks = load_hooks(&ctx, &pool).await?;
+
+    let mut workers = owned_workers(&ctx, &pool).await?;
+    let mut degraded = None;
+    if let Some(link) = &link {
+        let views = views_of(&workers, &link.pool_id.to_string());
+        let plan = plan_workers(usize::try_from(pool.spec.pool_size).unwrap_or(0), &views);
+        if !plan.is_empty() {
+            tracing::info!(pool = %key, ?plan, "scaling the pool");
+            if let Some(problem) = apply_plan(&ctx, &pool, link, plan).await? {
+                degraded = Some(problem);
+            }
+            workers = owned_workers(&ctx, &pool).await?;
+        }
+    }
+
+    let pool_ulid = link.as_ref().map(|l| l.pool_id.to_string());
+    let views = views_of(&workers, pool_ulid.as_deref().unwrap_or_default());
+    if let Some(ulid) = &pool_ulid {
+        let (idle, total) = worker_counts(&views);
+        ctx.metrics.worker_idle.with_label_values(&[ulid]).set(idle);
+        ctx.metrics
+            .worker_total
+            .with_label_values(&[ulid])
+            .set(total);
+    }
+    let observation = Observation {
+        generation: pool.meta().generation,
+        desired: pool.spec.pool_size,
+        credentials,
+        link: link.as_ref().map(|l| l.state()),
+        workers: views,
+        degraded,
+        hooks: Some(hooks),
+    };
+    let status = pool_status(
+        &observation,
+        pool.status.as_ref(),
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    write_status(&ctx, &pool, status).await?;
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Loads (or hot-reloads) the pool's plugins and initialization policy from their ConfigMaps.
+/// A hook that fails to load is reported by an event and the HooksReady condition; the
+/// registry keeps the previous good version of a plugin in service.
+async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> Result<HooksCondition, Error> {
+    let config_maps: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let mut found = BTreeMap::new();
+    for name in pool_config_maps(pool) {
+        if let Some(config_map) = config_maps.get_opt(&name).await? {
+            found.insert(name, config_map);
+        }
+    }
+    let registry = ctx.hooks.clone();
+    let loading = pool.clone();
+    let report = tokio::task::spawn_blocking(move || registry.load_pool(&loading, &found))
+        .await
+        .map_err(|e| Error::Hooks(e.to_string()))?;
+    for problem in report.problems() {
+        tracing::warn!(pool = %report.scope, "{}", problem.message());
+        ctx.event(
+            &**pool,
+            EventType::Warning,
+            REASON_LOAD_FAILED,
+            "LoadHooks",
+            problem.message(),
+        )
+        .await;
+    }
+    Ok(report.condition())
+}
+
+/// Reads and decodes the pool's credentials. `Ok(Err(problem))` is bad input to report on the
+/// pool (the message names the Secret, the key and the fix); `Err` is a failed API call.
+async fn read_credentials(
+    ctx: &Context,
+    pool: &WorkerPool,
+) -> Result<Result<Option<Credentials>, String>, Error> {
+    let (Some(token), Some(private_key)) = (&pool.spec.token, &pool.spec.private_key) else {
+        return Ok(Ok(None));
+    };
+    let namespace = pool.namespace().unwrap_or_default();
+    let token = match secret_value(ctx, &namespace, token, "token").await? {
+        Ok(value) => value,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let private_key = match secret_value(ctx, &namespace, private_key, "privateKey").await? {
+        Ok(value) => value,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    Ok(decode_credentials(&token, &private_key)
+        .map(Some)
+        .map_err(|err| format!("cannot retrieve workerpool token: {err}")))
+}
+
+async fn secret_value(
+    ctx: &Context,
+    namespace: &str,
+    reference: &SecretKeyRef,
+    field: &str,
+) -> Result<Result<Vec<u8>, String>, Error> {
+    let selector = &reference.secret_key_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(secret) = secrets.get_opt(&selector.name).await? else {
+        return Ok(Err(format!(
+            "cannot retrieve workerpool token: spec.{field}.secretKeyRef: Secret {namespace}/{} not found: create it with the pool's token and privateKey",
+            selector.name
+        )));
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&selector.key))
+        .map(|v| v.0.clone());
+    Ok(value.ok_or_else(|| {
+        format!(
+            "cannot retrieve workerpool token: spec.{field}.secretKeyRef: Secret {namespace}/{} has no key {:?}",
+            selector.name, selector.key
+        )
+    }))
+}
+
+/// The seed shows the pool labelled with its ULID (`workers.spacelift.io/ulid`).
+async fn label_with_ulid(ctx: &Context, pool: &WorkerPool, ulid: &str) -> Result<(), Error> {
+    if pool.labels().get(LABEL_ULID).map(String::as_str) == Some(ulid) {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"labels": {LABEL_ULID: ulid}}});
+    api.patch(
+        &pool.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pool's Workers: those it owns.
+pub async fn owned_workers(ctx: &Context, pool: &WorkerPool) -> Result<Vec<Worker>, Error> {
+    let api: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let uid = pool.uid().unwrap_or_default();
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|w| w.owner_references().iter().any(|o| o.uid == uid))
+        .collect())
+}
+
+/// The planner's view of the Workers. A Worker registered under another pool ULID (the pool's
+/// credentials were replaced by another pool's) can no longer serve: it counts as leaving.
+fn views_of(workers: &[Worker], pool_ulid: &str) -> Vec<WorkerView> {
+    workers
+        .iter()
+        .map(|w| {
+            let status = w.status.clone().unwrap_or_default();
+            let stale = w.labels().get(LABEL_WORKERPOOL).map(String::as_str) != Some(pool_ulid);
+            WorkerView {
+                name: w.name_any(),
+                state: status.state.unwrap_or(WorkerState::Idle),
+                has_run: status.current_run.is_some(),
+                registered: status.registered.unwrap_or(false) && !stale,
+                deleting: w.meta().deletion_timestamp.is_some()
+                    || (stale && status.current_run.is_none()),
+                created: w
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_second()),
+            }
+        })
+        .collect()
+}
+
+/// Carries out a plan. Returns a (reason, message) when worker creation failed, for the
+/// Degraded condition; the failed Workers are retried at the next reconcile.
+async fn apply_plan(
+    ctx: &Arc<Context>,
+    pool: &WorkerPool,
+    link: &Arc<PoolHandle>,
+    plan: super::plan::Plan,
+) -> Result<Option<(String, String)>, Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in &plan.delete {
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    for name in &plan.drain {
+        workers::set_draining(ctx, link, &namespace, name, true).await?;
+    }
+    for name in &plan.undrain {
+        workers::set_draining(ctx, link, &namespace, name, false).await?;
+    }
+    let created = join_all((0..plan.create).map(|_| workers::create_worker(ctx, pool, link))).await;
+    let failures: Vec<String> = created
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| e.to_string())
+        .collect();
+    if failures.is_empty() {
+        return Ok(None);
+    }
+    let message = format!(
+        "{} of {} new workers could not be created: {}",
+        failures.len(),
+        plan.create,
+        failures[0]
+    );
+    ctx.event(
+        pool,
+        EventType::Warning,
+        "WorkerCreationFailed",
+        "CreateWorker",
+        message.clone(),
+    )
+    .await;
+    Ok(Some(("WorkerCreationFailed".into(), message)))
+}
+
+async fn write_status(
+    ctx: &Context,
+    pool: &WorkerPool,
+    status: WorkerPoolStatus,
+) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": WorkerPool::api_version(&()),
+        "kind": WorkerPool::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Links of pools that are gone (WorkerPool deleted and its Workers deregistered) are closed.
+pub async fn sweep_links(ctx: &Arc<Context>) {
+    for key in ctx.links.keys() {
+        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let Ok(None) = pools.get_opt(&key.name).await else {
+            continue;
+        };
+        let Some(handle) = ctx.links.get(&key) else {
+            continue;
+        };
+        let ulid = handle.pool_id.to_string();
+        let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let selector = format!("{LABEL_WORKERPOOL}={ulid}");
+        if let Ok(left) = workers.list(&ListParams::default().labels(&selector)).await
+            && left.items.is_empty()
+        {
+            tracing::info!(pool = %key, "pool deleted and its workers deregistered: closing its backend link");
+            ctx.links.remove(&key);
+            ctx.metrics.forget_pool(&ulid);
+        }
+    }
+}
+
+/// Maps a ConfigMap to the pools in its namespace whose hooks come from it (hot reload).
+pub fn pools_using_config_map(
+    pools: &[Arc<WorkerPool>],
+    config_map: &impl ResourceExt,
+) -> Vec<kube::runtime::reflector::ObjectRef<WorkerPool>> {
+    let name = config_map.name_any();
+    let namespace = config_map.namespace();
+    pools
+        .iter()
+        .filter(|p| p.namespace() == namespace && pool_config_maps(p).contains(&name))
+        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&**p))
+        .collect()
+}
+
+/// Maps a Secret to the pools in its namespace that read credentials from it.
+pub fn pools_using_secret(
+    pools: &[Arc<WorkerPool>],
+    secret: &impl ResourceExt,
+) -> Vec<kube::runtime::reflector::ObjectRef<WorkerPool>> {
+    let name = secret.name_any();
+    let namespace = secret.namespace();
+    pools
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .filter(|p| {
+            [&p.spec.token, &p.spec.private_key]
+                .into_iter()
+                .flatten()
+                .any(|r| r.secret_key_ref.name == name)
+        })
+        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&**p))
+        .collect()
+}

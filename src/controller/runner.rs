@@ -1,0 +1,123 @@
+//! Starts the three controllers (pools, workers, run Pods) for every watched namespace and
+//! stops them together.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{Context, Error, pods, pools, workers};
+use crate::crd::{Worker, WorkerPool};
+use crate::ops::shutdown::Shutdown;
+
+/// Runs the controllers until `shutdown` is triggered. `namespaces` empty means all namespaces.
+pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let client = ctx.client.clone();
+        let pools_ctrl = Controller::new(
+            api::<WorkerPool>(&client, scope),
+            watcher::Config::default(),
+        );
+        let by_secret = pools_ctrl.store();
+        let by_config_map = pools_ctrl.store();
+        let pools_ctrl = pools_ctrl
+            .owns(api::<Worker>(&client, scope), watcher::Config::default())
+            .watches(
+                api::<PartialObjectMeta<Secret>>(&client, scope),
+                watcher::Config::default(),
+                move |secret| pools::pools_using_secret(&by_secret.state(), &secret),
+            )
+            .watches(
+                api::<PartialObjectMeta<ConfigMap>>(&client, scope),
+                watcher::Config::default(),
+                move |config_map| {
+                    pools::pools_using_config_map(&by_config_map.state(), &config_map)
+                },
+            )
+            .graceful_shutdown_on(shutdown.clone().wait())
+            .run(pools::reconcile, error_policy("workerpool"), ctx.clone())
+            .for_each(log_result("workerpool"));
+        let run_pods = watcher::Config::default().labels(&pods::run_pod_selector());
+        let workers_ctrl =
+            Controller::new(api::<Worker>(&client, scope), watcher::Config::default())
+                .owns(api::<Pod>(&client, scope), run_pods.clone())
+                .graceful_shutdown_on(shutdown.clone().wait())
+                .run(workers::reconcile, error_policy("worker"), ctx.clone())
+                .for_each(log_result("worker"));
+        let pods_ctrl = Controller::new(api::<Pod>(&client, scope), run_pods)
+            .graceful_shutdown_on(shutdown.clone().wait())
+            .run(pods::reconcile, error_policy("pod"), ctx.clone())
+            .for_each(log_result("pod"));
+        controllers.push(futures::future::join3(pools_ctrl, workers_ctrl, pods_ctrl));
+    }
+    let sweeper = {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut every = tokio::time::interval(ctx.config.resync);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => pools::sweep_links(&ctx).await,
+                    () = shutdown.clone().wait() => break,
+                }
+            }
+        }
+    };
+    futures::future::join(join_all(controllers), sweeper).await;
+    ctx.links.shutdown().await;
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn error_policy<K>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action
+where
+    K: Resource,
+{
+    move |object, error, ctx| {
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&[controller, error.metric_label()])
+            .inc();
+        tracing::warn!(
+            controller,
+            object = %object.meta().name.clone().unwrap_or_default(),
+            namespace = %object.meta().namespace.clone().unwrap_or_default(),
+            error = %error,
+            "reconcile failed; retrying"
+        );
+        Action::requeue(std::time::Duration::from_secs(5))
+    }
+}
+
+fn log_result<T: Debug, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl FnMut(Result<T, E>) -> std::future::Ready<()> {
+    move |result| {
+        if let Err(err) = result {
+            tracing::debug!(controller, error = %err, "controller event");
+        }
+        std::future::ready(())
+    }
+}

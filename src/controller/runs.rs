@@ -1,0 +1,403 @@
+//! What the backend sends a pool: run schedules and stops, and the answers to registrations.
+//!
+//! A schedule makes the worker BUSY (recorded in its status first, so a crash cannot lose it),
+//! runs the hook pipeline over the built Pod, creates the Pod under its deterministic name
+//! (a redelivered schedule finds it and changes nothing), and reports `run.accepted` and
+//! `run.podCreated`, or `run.denied` with every reason.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use ulid::Ulid;
+
+use super::outcome::Ending;
+use super::workers::{self, remove_finalizer, update_status, worker_ulid};
+use super::{
+    ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context, Error, MANAGER, PoolHandle, is_conflict,
+    is_not_found,
+};
+use crate::crd::{CurrentRun, Worker, WorkerPool, WorkerState, WorkerStatus};
+use crate::hooks::{Decision, HookInput};
+use crate::pod;
+use crate::protocol::{
+    Body, DenyReason, Message, Outcome, PodCreated, RunDenied, RunFinished, RunRef, RunSchedule,
+    RunStop,
+};
+
+/// The name under which the operator itself refuses a run (unknown worker, busy worker ...).
+const OPERATOR_HOOK: &str = "operator";
+
+/// Handles one inbound message. `Ok` means it may be acknowledged.
+pub async fn handle(
+    ctx: &Arc<Context>,
+    pool: &Arc<PoolHandle>,
+    message: &Message,
+) -> Result<(), Error> {
+    let worker = message.worker;
+    match (&message.body, worker) {
+        (Body::RunSchedule(schedule), Some(worker)) => {
+            on_schedule(ctx, pool, worker, schedule).await
+        }
+        (Body::RunStop(stop), Some(worker)) => on_stop(ctx, pool, worker, stop).await,
+        (Body::WorkerRegistered(_), Some(worker)) => on_registered(ctx, pool, worker).await,
+        (Body::WorkerDeregistered(_), Some(worker)) => {
+            let name = worker_name(pool, worker);
+            remove_finalizer(ctx, &pool.key.namespace, &name).await
+        }
+        (Body::PoolStatus(status), None) => {
+            tracing::debug!(pool = %pool.key, ?status, "backend pool status");
+            Ok(())
+        }
+        (body, _) => {
+            tracing::warn!(pool = %pool.key, kind = body.kind(), "ignoring a message the operator does not expect from the backend");
+            Ok(())
+        }
+    }
+}
+
+/// Workers are named `<pool>-<lowercase worker ULID>`.
+fn worker_name(pool: &PoolHandle, worker: Ulid) -> String {
+    format!("{}-{}", pool.key.name, worker.to_string().to_lowercase())
+}
+
+async fn on_registered(ctx: &Arc<Context>, pool: &PoolHandle, worker: Ulid) -> Result<(), Error> {
+    let name = worker_name(pool, worker);
+    update_status(ctx, &pool.key.namespace, &name, |w| {
+        let status = w.status.clone().unwrap_or_default();
+        (status.registered != Some(true)).then(|| WorkerStatus {
+            registered: Some(true),
+            state: status.state.or(Some(WorkerState::Idle)),
+            ..status
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+async fn on_schedule(
+    ctx: &Arc<Context>,
+    pool: &Arc<PoolHandle>,
+    worker_id: Ulid,
+    schedule: &RunSchedule,
+) -> Result<(), Error> {
+    let received = Timestamp::now();
+    let namespace = pool.key.namespace.clone();
+    let name = worker_name(pool, worker_id);
+    let run = RunRef::new(&schedule.run_id, &schedule.stage, schedule.attempt);
+    let _guard = ctx.worker_lock(&namespace, &name).await;
+
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(worker) = workers.get_opt(&name).await? else {
+        let reason = format!(
+            "worker {worker_id} is not a Worker of WorkerPool {}",
+            pool.key
+        );
+        return deny(ctx, pool, worker_id, &run, vec![operator_reason(reason)]).await;
+    };
+    let pod_name = match pod::pod_name(schedule) {
+        Ok(name) => name,
+        Err(err) => {
+            return deny(
+                ctx,
+                pool,
+                worker_id,
+                &run,
+                vec![operator_reason(err.to_string())],
+            )
+            .await;
+        }
+    };
+    let status = worker.status.clone().unwrap_or_default();
+    let worker = match &status.current_run {
+        Some(current) if current.pod_name == pod_name => worker, // redelivery: carry on
+        Some(current) => {
+            let reason = format!(
+                "worker {worker_id} is busy with run {} ({})",
+                current.run_id, current.pod_name
+            );
+            return deny(ctx, pool, worker_id, &run, vec![operator_reason(reason)]).await;
+        }
+        None if worker.meta().deletion_timestamp.is_some()
+            || status.state == Some(WorkerState::Draining) =>
+        {
+            let reason = format!(
+                "worker {worker_id} is leaving the pool (scaled down) and takes no new run"
+            );
+            return deny(ctx, pool, worker_id, &run, vec![operator_reason(reason)]).await;
+        }
+        None => {
+            let busy = WorkerStatus {
+                state: Some(WorkerState::Busy),
+                current_run_id: Some(schedule.run_id.clone()),
+                current_run: Some(CurrentRun {
+                    run_id: schedule.run_id.clone(),
+                    stage: schedule.stage.clone(),
+                    attempt: schedule.attempt,
+                    pod_name: pod_name.clone(),
+                    scheduled_at: Time(received),
+                    pod_created: false,
+                }),
+                ..status.clone()
+            };
+            let Some(updated) = update_status(ctx, &namespace, &name, |w| {
+                w.status
+                    .as_ref()
+                    .is_none_or(|s| s.current_run.is_none())
+                    .then(|| busy.clone())
+            })
+            .await?
+            else {
+                return Err(Error::Conflict(format!("Worker {namespace}/{name}")));
+            };
+            pool.publish(&Message::for_worker(
+                worker_id,
+                Body::RunAccepted(run.clone()),
+            ))
+            .await?;
+            updated
+        }
+    };
+
+    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(workerpool) = pools.get_opt(&pool.key.name).await? else {
+        let reason = format!("WorkerPool {} no longer exists", pool.key);
+        return refuse(
+            ctx,
+            pool,
+            &worker,
+            &run,
+            &pod_name,
+            vec![operator_reason(reason)],
+        )
+        .await;
+    };
+    let input = match HookInput::build(&workerpool, &worker, schedule) {
+        Ok(input) => input,
+        Err(err) => {
+            let reasons = vec![DenyReason {
+                hook: "build".into(),
+                message: err.to_string(),
+            }];
+            return refuse(ctx, pool, &worker, &run, &pod_name, reasons).await;
+        }
+    };
+    let mut run_pod = match ctx
+        .hooks
+        .pipeline(&workerpool)
+        .evaluate_blocking(input)
+        .await
+    {
+        Decision::Allowed(allowed) => allowed.pod,
+        Decision::Denied(denial) => {
+            let hook = format!("{}/{}", denial.stage, denial.hook);
+            let reasons = denial
+                .reasons
+                .iter()
+                .map(|message| DenyReason {
+                    hook: hook.clone(),
+                    message: message.clone(),
+                })
+                .collect();
+            return refuse(ctx, pool, &worker, &run, &pod_name, reasons).await;
+        }
+    };
+    run_pod
+        .annotations_mut()
+        .insert(ANNOTATION_SCHEDULED_AT.into(), received.to_string());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match pods.create(&params, &run_pod).await {
+        Ok(_) => {
+            tracing::info!(pool = %pool.key, worker = %name, pod = %pod_name, "run Pod created")
+        }
+        Err(err) if is_conflict(&err) => {
+            tracing::info!(pool = %pool.key, pod = %pod_name, "run Pod already exists (redelivered schedule)");
+        }
+        Err(err) => return Err(err.into()),
+    }
+    update_status(ctx, &namespace, &name, |w| {
+        let status = w.status.clone()?;
+        let current = status.current_run.clone()?;
+        (current.pod_name == pod_name && !current.pod_created).then_some(WorkerStatus {
+            current_run: Some(CurrentRun {
+                pod_created: true,
+                ..current
+            }),
+            ..status
+        })
+    })
+    .await?;
+    pool.publish(&Message::for_worker(
+        worker_id,
+        Body::PodCreated(PodCreated {
+            run_id: run.run_id.clone(),
+            stage: run.stage.clone(),
+            attempt: run.attempt,
+            namespace,
+            pod_name,
+        }),
+    ))
+    .await?;
+    Ok(())
+}
+
+fn operator_reason(message: String) -> DenyReason {
+    DenyReason {
+        hook: OPERATOR_HOOK.into(),
+        message,
+    }
+}
+
+/// Reports a run denied before the worker took it.
+async fn deny(
+    ctx: &Context,
+    pool: &PoolHandle,
+    worker: Ulid,
+    run: &RunRef,
+    reasons: Vec<DenyReason>,
+) -> Result<(), Error> {
+    tracing::warn!(pool = %pool.key, %worker, run = %run.pod_name(), ?reasons, "run denied");
+    ctx.metrics
+        .run_outcomes
+        .with_label_values(&[&pool.pool_id.to_string(), "denied", ""])
+        .inc();
+    pool.publish(&Message::for_worker(
+        worker,
+        Body::RunDenied(RunDenied {
+            run_id: run.run_id.clone(),
+            stage: run.stage.clone(),
+            attempt: run.attempt,
+            reasons,
+        }),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Reports a run the worker had accepted but that may not start: a hook denied its Pod. The
+/// Worker gets an event with every reason, and is free again.
+async fn refuse(
+    ctx: &Arc<Context>,
+    pool: &PoolHandle,
+    worker: &Worker,
+    run: &RunRef,
+    pod_name: &str,
+    reasons: Vec<DenyReason>,
+) -> Result<(), Error> {
+    let note = reasons
+        .iter()
+        .map(|r| format!("{}: {}", r.hook, r.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ctx.event(
+        worker,
+        EventType::Warning,
+        "RunDenied",
+        "CreateRunPod",
+        format!("run {} denied: {note}", run.pod_name()),
+    )
+    .await;
+    deny(ctx, pool, worker_ulid(worker)?, run, reasons).await?;
+    let namespace = worker.namespace().unwrap_or_default();
+    workers::release(ctx, Some(pool), &namespace, &worker.name_any(), pod_name).await
+}
+
+async fn on_stop(
+    ctx: &Arc<Context>,
+    pool: &Arc<PoolHandle>,
+    worker_id: Ulid,
+    stop: &RunStop,
+) -> Result<(), Error> {
+    let namespace = pool.key.namespace.clone();
+    let name = worker_name(pool, worker_id);
+    let _guard = ctx.worker_lock(&namespace, &name).await;
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let current = workers
+        .get_opt(&name)
+        .await?
+        .and_then(|w| w.status?.current_run)
+        .filter(|r| r.run_id == stop.run_id && stop.stage.as_ref().is_none_or(|s| *s == r.stage));
+    let Some(current) = current else {
+        tracing::info!(pool = %pool.key, worker = %name, run = %stop.run_id, "stop for a run the worker is not processing: nothing to stop");
+        return Ok(());
+    };
+    // Mark the Pod as reported first, so its disappearance is not taken for a failure.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mark = json!({"metadata": {"annotations": {
+        ANNOTATION_OUTCOME: "stopped",
+        super::ANNOTATION_FINISHED_AT: Timestamp::now().to_string(),
+    }}});
+    match pods
+        .patch(
+            &current.pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(&mark),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(err) if is_not_found(&err) => {}
+        Err(err) => return Err(err.into()),
+    }
+    match pods
+        .delete(&current.pod_name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(err) if is_not_found(&err) => {}
+        Err(err) => return Err(err.into()),
+    }
+    let ending = Ending {
+        outcome: Outcome::Stopped,
+        cause: None,
+        message: if stop.reason.is_empty() {
+            "stopped on request".to_string()
+        } else {
+            stop.reason.clone()
+        },
+        exit_code: None,
+        abandon: false,
+    };
+    let run = RunRef::new(&current.run_id, &current.stage, current.attempt);
+    report_finished(ctx, pool, worker_id, run, &ending).await?;
+    workers::release(ctx, Some(pool), &namespace, &name, &current.pod_name).await
+}
+
+/// Reports how a run stage attempt ended, and counts it.
+pub async fn report_finished(
+    ctx: &Context,
+    pool: &PoolHandle,
+    worker: Ulid,
+    run: RunRef,
+    ending: &Ending,
+) -> Result<(), Error> {
+    let cause_label = ending.cause.map(|c| format!("{c:?}")).unwrap_or_default();
+    let outcome_label = format!("{:?}", ending.outcome).to_lowercase();
+    pool.publish(&Message::for_worker(
+        worker,
+        Body::RunFinished(RunFinished {
+            run_id: run.run_id,
+            stage: run.stage,
+            attempt: run.attempt,
+            outcome: ending.outcome,
+            cause: ending.cause,
+            message: ending.message.clone(),
+            exit_code: ending.exit_code,
+        }),
+    ))
+    .await?;
+    ctx.metrics
+        .run_outcomes
+        .with_label_values(&[&pool.pool_id.to_string(), &outcome_label, &cause_label])
+        .inc();
+    Ok(())
+}

@@ -1,0 +1,541 @@
+//! Workers: creation with their own key pair, registration and deregistration with the backend,
+//! state changes (always with optimistic concurrency), and the Worker reconciler that repairs
+//! what a crash or a deleted Pod left behind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use ulid::Ulid;
+
+use super::{Context, Error, FINALIZER, MANAGER, PoolHandle, is_conflict, is_not_found};
+use crate::crd::{
+    ANNOTATION_WORKERPOOL_NAME, CurrentRun, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool,
+    WorkerSpec, WorkerState, WorkerStatus,
+};
+use crate::protocol::{self, Body, Message, RunRef, WorkerDeregister, WorkerRegister};
+
+/// Key of the worker's private key in its Secret.
+pub const SECRET_PRIVATE_KEY: &str = "privateKey";
+/// Key of the worker's public key in its Secret.
+pub const SECRET_PUBLIC_KEY: &str = "publicKey";
+/// A Worker that is BUSY but whose Pod was never created is released after this long.
+const POD_CREATION_GRACE: Duration = Duration::from_secs(120);
+
+/// Creates one Worker of `pool`: its key pair, the Worker, the Secret holding the key (owned
+/// by the Worker), then registers it with the backend.
+pub async fn create_worker(
+    ctx: &Arc<Context>,
+    pool: &WorkerPool,
+    link: &PoolHandle,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let result = create_worker_inner(ctx, pool, link).await;
+    match &result {
+        Ok(()) => ctx
+            .metrics
+            .worker_creation_duration
+            .observe(started.elapsed().as_secs_f64()),
+        Err(err) => {
+            ctx.metrics.worker_creation_errors.inc();
+            tracing::error!(pool = %link.key, error = %err, "creating a worker failed");
+        }
+    }
+    result
+}
+
+async fn create_worker_inner(
+    ctx: &Arc<Context>,
+    pool: &WorkerPool,
+    link: &PoolHandle,
+) -> Result<(), Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let key = ctx.keys.take().await?;
+    let ulid = Ulid::generate();
+    let name = format!("{}-{}", pool.name_any(), ulid.to_string().to_lowercase());
+    let owner = pool.controller_owner_ref(&()).into_iter().collect();
+    let labels = BTreeMap::from([
+        (LABEL_WORKERPOOL.to_string(), link.pool_id.to_string()),
+        (LABEL_ULID.to_string(), ulid.to_string()),
+    ]);
+    let worker = Worker {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_WORKERPOOL_NAME.to_string(),
+                pool.name_any(),
+            )])),
+            owner_references: Some(owner),
+            finalizers: Some(vec![FINALIZER.to_string()]),
+            ..ObjectMeta::default()
+        },
+        spec: WorkerSpec {},
+        status: None,
+    };
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let worker = workers.create(&params, &worker).await?;
+
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(labels),
+            owner_references: worker.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                SECRET_PRIVATE_KEY.to_string(),
+                ByteString(key.private_key_pem.into_bytes()),
+            ),
+            (
+                SECRET_PUBLIC_KEY.to_string(),
+                ByteString(key.public_key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    match secrets.create(&params, &secret).await {
+        Ok(_) => {}
+        Err(err) if is_conflict(&err) => {}
+        Err(err) => return Err(err.into()),
+    }
+    write_status(
+        ctx,
+        &worker,
+        WorkerStatus {
+            state: Some(WorkerState::Idle),
+            registered: Some(false),
+            ..WorkerStatus::default()
+        },
+    )
+    .await?;
+    register(link, &worker, &key.public_key_pem).await?;
+    tracing::info!(pool = %link.key, worker = %name, "worker created");
+    Ok(())
+}
+
+/// Sends the worker's registration. The backend answers `worker.registered`, which sets
+/// `status.registered` (see [`super::runs`]).
+async fn register(link: &PoolHandle, worker: &Worker, public_key: &str) -> Result<(), Error> {
+    let body = Body::WorkerRegister(WorkerRegister {
+        name: worker.name_any(),
+        public_key: public_key.to_string(),
+        metadata: BTreeMap::from([
+            (
+                "namespace".to_string(),
+                worker.namespace().unwrap_or_default(),
+            ),
+            (
+                "workerpool".to_string(),
+                worker
+                    .annotations()
+                    .get(ANNOTATION_WORKERPOOL_NAME)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            (
+                "controller".to_string(),
+                format!("workerpool-operator {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ]),
+    });
+    link.publish(&Message::for_worker(worker_ulid(worker)?, body))
+        .await?;
+    Ok(())
+}
+
+/// The worker's ULID, from its label.
+pub fn worker_ulid(worker: &Worker) -> Result<Ulid, Error> {
+    worker
+        .labels()
+        .get(LABEL_ULID)
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| {
+            Error::NoLink(format!(
+                "worker {} has no valid {LABEL_ULID} label",
+                worker.name_any()
+            ))
+        })
+}
+
+/// The worker's state as the protocol reports it.
+pub fn state_message(worker: &Worker) -> Result<Message, Error> {
+    let status = worker.status.clone().unwrap_or_default();
+    let state = match status.state.unwrap_or_default() {
+        WorkerState::Idle => protocol::WorkerStatus::Idle,
+        WorkerState::Busy => protocol::WorkerStatus::Busy,
+        WorkerState::Draining => protocol::WorkerStatus::Draining,
+    };
+    let current_run = status
+        .current_run
+        .map(|r| RunRef::new(&r.run_id, &r.stage, r.attempt));
+    Ok(Message::for_worker(
+        worker_ulid(worker)?,
+        Body::WorkerState(protocol::WorkerState { state, current_run }),
+    ))
+}
+
+/// Re-sends every worker's state (and the registration of unregistered ones) so the backend can
+/// reconcile after a reconnect or a controller restart: no lost or phantom runs.
+pub async fn report_all_states(ctx: &Arc<Context>, link: &Arc<PoolHandle>) -> Result<(), Error> {
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &link.key.namespace);
+    let selector = format!("{LABEL_WORKERPOOL}={}", link.pool_id);
+    for worker in workers
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        if worker.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        if worker.status.as_ref().and_then(|s| s.registered) != Some(true) {
+            register_again(ctx, link, &worker).await?;
+        } else {
+            link.publish(&state_message(&worker)?).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn register_again(ctx: &Context, link: &PoolHandle, worker: &Worker) -> Result<(), Error> {
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let public_key = secrets.get_opt(&worker.name_any()).await?.and_then(|s| {
+        s.data?
+            .get(SECRET_PUBLIC_KEY)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    });
+    match public_key {
+        Some(public_key) => register(link, worker, &public_key).await,
+        None => {
+            tracing::warn!(worker = %worker.name_any(), "the worker's key Secret is missing: it cannot register; delete the Worker and the pool will replace it");
+            Ok(())
+        }
+    }
+}
+
+/// Replaces a Worker's status, failing on a concurrent change (the caller re-reads).
+async fn write_status(
+    ctx: &Context,
+    worker: &Worker,
+    status: WorkerStatus,
+) -> Result<Worker, Error> {
+    let api: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {"resourceVersion": worker.resource_version()},
+        "status": status,
+    });
+    Ok(api
+        .patch_status(
+            &worker.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?)
+}
+
+/// Changes a Worker's status with `change` (None: nothing to do), retrying on conflicts with
+/// a fresh read. Returns the updated Worker, or None when it does not exist or nothing changed.
+pub async fn update_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    change: impl Fn(&Worker) -> Option<WorkerStatus>,
+) -> Result<Option<Worker>, Error> {
+    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
+    for _ in 0..5 {
+        let Some(worker) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let Some(status) = change(&worker) else {
+            return Ok(None);
+        };
+        // A merge patch cannot remove `currentRun` by omission: write null explicitly.
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        if status.current_run.is_none() {
+            value["currentRun"] = serde_json::Value::Null;
+            value["currentRunID"] = serde_json::Value::Null;
+        }
+        let patch =
+            json!({"metadata": {"resourceVersion": worker.resource_version()}, "status": value});
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(updated) => return Ok(Some(updated)),
+            Err(err) if is_conflict(&err) => continue,
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(Error::Conflict(format!("Worker {namespace}/{name}")))
+}
+
+/// The status of a worker that has finished (or given up) `pod_name`'s run: IDLE, or still
+/// DRAINING (the pool controller then deletes it).
+pub fn released(worker: &Worker, pod_name: &str) -> Option<WorkerStatus> {
+    let status = worker.status.clone().unwrap_or_default();
+    let current = status.current_run.as_ref()?;
+    if current.pod_name != pod_name {
+        return None;
+    }
+    let state = match status.state {
+        Some(WorkerState::Draining) => WorkerState::Draining,
+        _ => WorkerState::Idle,
+    };
+    Some(WorkerStatus {
+        state: Some(state),
+        current_run_id: None,
+        current_run: None,
+        ..status
+    })
+}
+
+/// Frees a worker from `pod_name`'s run and tells the backend. A DRAINING worker is deleted.
+pub async fn release(
+    ctx: &Arc<Context>,
+    link: Option<&PoolHandle>,
+    namespace: &str,
+    worker: &str,
+    pod_name: &str,
+) -> Result<(), Error> {
+    let Some(updated) = update_status(ctx, namespace, worker, |w| released(w, pod_name)).await?
+    else {
+        return Ok(());
+    };
+    if updated.status.as_ref().and_then(|s| s.state) == Some(WorkerState::Draining) {
+        delete_worker(ctx, namespace, worker).await?;
+    } else if let Some(link) = link {
+        link.publish(&state_message(&updated)?).await?;
+    }
+    Ok(())
+}
+
+/// Marks a busy worker DRAINING (scale-down), or takes a draining one back (scale-up).
+pub async fn set_draining(
+    ctx: &Arc<Context>,
+    link: &PoolHandle,
+    namespace: &str,
+    name: &str,
+    draining: bool,
+) -> Result<(), Error> {
+    let _guard = ctx.worker_lock(namespace, name).await;
+    let updated = update_status(ctx, namespace, name, |worker| {
+        let status = worker.status.clone().unwrap_or_default();
+        let state = match (draining, status.current_run.is_some()) {
+            (true, _) => WorkerState::Draining,
+            (false, true) => WorkerState::Busy,
+            (false, false) => WorkerState::Idle,
+        };
+        (status.state != Some(state)).then_some(WorkerStatus {
+            state: Some(state),
+            ..status
+        })
+    })
+    .await?;
+    if let Some(worker) = updated {
+        link.publish(&state_message(&worker)?).await?;
+    }
+    Ok(())
+}
+
+async fn delete_worker(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Drops the deregistration finalizer (the backend confirmed, or the deadline passed).
+pub async fn remove_finalizer(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
+    for _ in 0..5 {
+        let Some(worker) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let finalizers: Vec<String> = worker
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        if finalizers.len() == worker.finalizers().len() {
+            return Ok(());
+        }
+        let patch = json!({"metadata": {"resourceVersion": worker.resource_version(), "finalizers": finalizers}});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if is_conflict(&err) => continue,
+            Err(err) if is_not_found(&err) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(Error::Conflict(format!("Worker {namespace}/{name}")))
+}
+
+/// The Worker reconciler: deregistration on deletion (bounded by a deadline), registration
+/// retries, and repairs after a crash (a BUSY worker whose Pod is gone).
+pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
+    let link = worker
+        .labels()
+        .get(LABEL_WORKERPOOL)
+        .and_then(|ulid| ctx.links.by_pool_id(ulid));
+
+    if let Some(deleted) = &worker.meta().deletion_timestamp {
+        if !worker.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(Action::await_change());
+        }
+        return deregister(&ctx, &worker, link.as_deref(), deleted.0).await;
+    }
+    let Some(link) = link else {
+        // The pool's credentials are not (yet) accepted: nothing can be sent.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    let status = worker.status.clone().unwrap_or_default();
+    if status.registered != Some(true) {
+        register_again(&ctx, &link, &worker).await?;
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+    if let Some(run) = &status.current_run {
+        return check_run_pod(&ctx, &link, &worker, run).await;
+    }
+    if status.state == Some(WorkerState::Draining) {
+        delete_worker(&ctx, &namespace, &name).await?;
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// A BUSY worker must have its Pod. If the Pod is gone without its outcome reported (deleted
+/// with `--force`, or lost while the controller was down), the run is failed; if the Pod was
+/// never created (a crash between accepting the run and creating it) and the backend does not
+/// redeliver the schedule in time, the worker is released.
+async fn check_run_pod(
+    ctx: &Arc<Context>,
+    link: &Arc<PoolHandle>,
+    worker: &Worker,
+    run: &CurrentRun,
+) -> Result<Action, Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if pods.get_opt(&run.pod_name).await?.is_some() {
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    let waited = Timestamp::now()
+        .duration_since(run.scheduled_at.0)
+        .unsigned_abs();
+    let (cause, message) = if run.pod_created {
+        (
+            protocol::FailureCause::PodDeleted,
+            format!(
+                "the run Pod {} was deleted before its outcome was seen",
+                run.pod_name
+            ),
+        )
+    } else if waited >= POD_CREATION_GRACE {
+        (
+            protocol::FailureCause::Unknown,
+            format!("the run Pod {} was never created", run.pod_name),
+        )
+    } else {
+        return Ok(Action::requeue(
+            POD_CREATION_GRACE.saturating_sub(waited) + Duration::from_secs(1),
+        ));
+    };
+    let _guard = ctx.worker_lock(&namespace, &worker.name_any()).await;
+    let ending = super::outcome::Ending {
+        outcome: protocol::Outcome::Failed,
+        cause: Some(cause),
+        message: message.clone(),
+        exit_code: None,
+        abandon: false,
+    };
+    let run_ref = RunRef::new(&run.run_id, &run.stage, run.attempt);
+    super::runs::report_finished(ctx, link, worker_ulid(worker)?, run_ref, &ending).await?;
+    ctx.event(
+        worker,
+        EventType::Warning,
+        "RunPodMissing",
+        "ReportRun",
+        message,
+    )
+    .await;
+    release(
+        ctx,
+        Some(link),
+        &namespace,
+        &worker.name_any(),
+        &run.pod_name,
+    )
+    .await?;
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+async fn deregister(
+    ctx: &Arc<Context>,
+    worker: &Worker,
+    link: Option<&PoolHandle>,
+    deleted_at: Timestamp,
+) -> Result<Action, Error> {
+    let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
+    let waited = Timestamp::now().duration_since(deleted_at).unsigned_abs();
+    let timeout = ctx.config.deregistration_timeout;
+    if waited >= timeout {
+        let note = format!(
+            "the backend did not confirm the deregistration of worker {name} within {}s; removed it anyway (the backend will drop the worker when it next reconciles)",
+            timeout.as_secs()
+        );
+        tracing::warn!(worker = %name, "{note}");
+        ctx.event(
+            worker,
+            EventType::Warning,
+            "DeregistrationTimedOut",
+            "Deregister",
+            note,
+        )
+        .await;
+        remove_finalizer(ctx, &namespace, &name).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(link) = link {
+        let body = Body::WorkerDeregister(WorkerDeregister {
+            reason: "the Worker was deleted".into(),
+        });
+        if let Err(err) = link
+            .publish(&Message::for_worker(worker_ulid(worker)?, body))
+            .await
+        {
+            tracing::warn!(worker = %name, error = %err, "could not send the deregistration yet");
+        }
+    }
+    // The backend's `worker.deregistered` removes the finalizer (see runs.rs); until then, retry.
+    Ok(Action::requeue(
+        (timeout - waited).min(Duration::from_secs(5)) + Duration::from_millis(100),
+    ))
+}
