@@ -74,7 +74,9 @@ pub fn server_config(
         .map_err(|e| HttpError::Tls(format!("TLS protocol versions: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: axum is built without its http2 feature, so offering h2 would break
+    // clients that prefer it (Go's net/http, curl).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), source))
 }
 
@@ -298,10 +300,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (config, source) = server_config(dir.path())?;
         assert_eq!(source, CertSource::SelfSigned);
-        assert_eq!(
-            config.alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
         Ok(())
     }
 
