@@ -16,3 +16,5 @@ mod operator;
 mod release;
 #[path = "helm/render.rs"]
 mod render;
+#[path = "helm/sufficiency.rs"]
+mod sufficiency;
