@@ -174,6 +174,7 @@ impl Link {
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(usize::from(options.receive_maximum) * 2);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (overflow_tx, overflow) = mpsc::unbounded_channel();
         let session = session::Session {
             eventloop,
             client: client.clone(),
@@ -188,6 +189,8 @@ impl Link {
             dedup: Arc::new(Mutex::new(Dedup::new(options.dedup_capacity))),
             inbound: inbound_tx,
             state: state_tx,
+            overflow,
+            overflow_tx,
         };
         tracing::info!(link = %label, broker = %broker, client_id = %client_id, "starting the MQTT link");
         let task = tokio::spawn(session.run(stop_rx));

@@ -30,6 +30,9 @@ pub(super) struct Session {
     pub dedup: Arc<Mutex<Dedup<Publish>>>,
     pub inbound: mpsc::Sender<Inbound>,
     pub state: watch::Sender<LinkState>,
+    /// Acknowledgements that did not fit into rumqttc's request queue.
+    pub overflow: mpsc::UnboundedReceiver<Publish>,
+    pub overflow_tx: mpsc::UnboundedSender<Publish>,
 }
 
 impl Session {
@@ -41,6 +44,7 @@ impl Session {
         let mut awaiting_suback = false;
         let mut receiver_gone_logged = false;
         loop {
+            self.drain_overflow();
             let event = tokio::select! {
                 _ = &mut stop => {
                     self.disconnect().await;
@@ -202,15 +206,58 @@ impl Session {
                     message,
                     handle: AckHandle {
                         client: self.client.clone(),
+                        overflow: self.overflow_tx.clone(),
                         publish: Some(publish),
                         key,
                         dedup: self.dedup.clone(),
                     },
                 };
-                // Dropping the unsent Inbound abandons its key, so a redelivery is handled.
-                self.inbound.send(inbound).await.is_ok()
+                // Dropping an unsent Inbound abandons its key, so a redelivery is handled.
+                self.deliver(inbound).await
             }
         }
+    }
+
+    /// Hands a message to the handler. While the handler's queue is full the event loop is
+    /// not polled (the broker's receive maximum bounds what is in flight), but the handler's
+    /// acknowledgements keep being collected, so the handler can always make progress.
+    async fn deliver(&mut self, inbound: Inbound) -> bool {
+        let inbound = match self.inbound.try_send(inbound) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(inbound)) => inbound,
+        };
+        let sender = self.inbound.clone();
+        loop {
+            tokio::select! {
+                permit = sender.reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(inbound);
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                }
+                Some(publish) = self.overflow.recv() => {
+                    self.eventloop
+                        .pending
+                        .push_back(Request::PubAck(PubAck::new(publish.pkid, None)));
+                }
+            }
+        }
+    }
+
+    fn drain_overflow(&mut self) {
+        while let Ok(publish) = self.overflow.try_recv() {
+            self.queue_ack(publish.pkid);
+        }
+    }
+
+    fn queue_ack(&mut self, pkid: u16) {
+        self.eventloop
+            .pending
+            .push_back(Request::PubAck(PubAck::new(pkid, None)));
     }
 
     fn drop_message(&mut self, publish: &Publish, topic: &str, reason: DropReason, detail: &str) {
@@ -227,9 +274,7 @@ impl Session {
     /// never through the (possibly full) request channel this task itself drains.
     fn ack_now(&mut self, publish: &Publish) {
         if publish.qos == QoS::AtLeastOnce {
-            self.eventloop
-                .pending
-                .push_back(Request::PubAck(PubAck::new(publish.pkid, None)));
+            self.queue_ack(publish.pkid);
         }
     }
 

@@ -291,3 +291,46 @@ async fn the_link_reconnects_after_the_broker_restarts_and_keeps_its_session() {
     link.shutdown().await;
     backend.shutdown().await;
 }
+
+/// A burst far larger than every queue (broker receive maximum, handler channel, rumqttc
+/// request queue) flows through a handler that acknowledges each message. Guards against the
+/// handler and the link waiting on each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_flows_through_a_handler_that_acks_each_message() {
+    let broker = Broker::start();
+    let pool = new_pool(&broker, "pool-a");
+    let (backend, _backend_inbound) = backend_link(&broker).await;
+    let (options, metrics) = options_with_metrics();
+    let (link, mut inbound) = PoolLink::connect(&pool, options).expect("connect");
+    link.wait_connected(WAIT).await.expect("connected");
+    let worker = Ulid::generate();
+    let count = 3000;
+    let messages: Vec<_> = (0..count)
+        .map(|_| schedule(worker, Ulid::generate(), 1))
+        .collect();
+    let backend = std::sync::Arc::new(backend);
+    let sender = {
+        let backend = backend.clone();
+        let pool_id = pool.pool_id;
+        tokio::spawn(async move {
+            for message in &messages {
+                backend.publish(pool_id, message).await.expect("publish");
+            }
+        })
+    };
+    for received in 0..count {
+        let delivery = next(&mut inbound, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("stalled after {received} messages"));
+        tokio::time::timeout(WAIT, delivery.ack())
+            .await
+            .unwrap_or_else(|_| panic!("acknowledging stalled after {received} messages"))
+            .expect("ack");
+    }
+    sender.await.expect("sender");
+    assert_eq!(
+        metrics.received_count(&pool.pool_id.to_string(), "run.schedule"),
+        count as u64
+    );
+    link.shutdown().await;
+}
