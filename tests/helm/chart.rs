@@ -297,13 +297,9 @@ pub const MANAGER_RULES: &[(&str, &str, &[&str])] = &[
     (
         "workers.spacelift.io",
         "workerpools",
-        &["get", "list", "watch", "patch", "update"],
+        &["get", "list", "watch", "patch"],
     ),
-    (
-        "workers.spacelift.io",
-        "workerpools/status",
-        &["get", "patch", "update"],
-    ),
+    ("workers.spacelift.io", "workerpools/status", &["patch"]),
     (
         "workers.spacelift.io",
         "workerpools/finalizers",
@@ -312,26 +308,16 @@ pub const MANAGER_RULES: &[(&str, &str, &[&str])] = &[
     (
         "workers.spacelift.io",
         "workers",
-        &[
-            "get", "list", "watch", "create", "patch", "update", "delete",
-        ],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    (
-        "workers.spacelift.io",
-        "workers/status",
-        &["get", "patch", "update"],
-    ),
+    ("workers.spacelift.io", "workers/status", &["patch"]),
     ("workers.spacelift.io", "workers/finalizers", &["update"]),
     (
         "",
         "pods",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    (
-        "",
-        "secrets",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
+    ("", "secrets", &["get", "list", "watch", "create"]),
     ("", "configmaps", &["get", "list", "watch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
