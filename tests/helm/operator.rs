@@ -85,6 +85,12 @@ impl HostOperator {
             .args(&args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // Passed through for debugging (e.g. RUST_MIN_STACK, RUST_BACKTRACE); nothing of
+            // the developer's kube or cloud configuration is.
+            .envs(
+                std::env::vars_os()
+                    .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("RUST_"))),
+            )
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", &release.namespace)
             .stdin(Stdio::null())
