@@ -12,6 +12,7 @@
 
 ARG RUST_VERSION=1.95
 
+# bookworm (Debian 12), like the runtime image: the binary links the glibc it was built against.
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 # The whole crate (see .dockerignore): Cargo reads every target the manifest declares.
