@@ -705,3 +705,40 @@ hooks:
     }
     Ok(())
 }
+
+#[test]
+fn the_dockerfile_builds_what_the_chart_runs() -> anyhow::Result<()> {
+    // There is no container engine here to build the image; at least keep the two in step.
+    let dockerfile = std::fs::read_to_string(support::repo_root().join("Dockerfile"))?;
+    assert!(dockerfile.contains("cargo build --release --locked --bin workerpool-operator"));
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(
+        stages.last(),
+        Some(&"gcr.io/distroless/cc-debian12:nonroot"),
+        "{stages:?}"
+    );
+    assert!(
+        dockerfile.contains("\nUSER 65532:65532\n"),
+        "a numeric non-root user"
+    );
+    assert!(dockerfile.contains("\nENTRYPOINT [\"/workerpool-operator\"]\n"));
+    assert_eq!(
+        render(&[])?.manager()?["command"],
+        json!(["/workerpool-operator"])
+    );
+    // The builder's Rust is the crate's rust-version (read without a TOML parser: one line).
+    let cargo_toml = std::fs::read_to_string(support::repo_root().join("Cargo.toml"))?;
+    let rust_version = cargo_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim().trim_matches('"'))
+        .expect("Cargo.toml has a rust-version");
+    assert!(
+        dockerfile.contains(&format!("ARG RUST_VERSION={rust_version}\n")),
+        "Dockerfile RUST_VERSION != Cargo.toml rust-version {rust_version}"
+    );
+    Ok(())
+}
