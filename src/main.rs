@@ -210,7 +210,12 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         hook_reload: args.hook_reload_interval,
         controller,
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Kubernetes objects are large and the reconcilers' futures hold several of them: the
+    // default 2 MiB worker stacks overflow in unoptimised builds.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 * 1024 * 1024)
+        .build()?;
     runtime.block_on(operator::run(options))?;
     Ok(())
 }

@@ -136,13 +136,13 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     });
     let lost = async {
         match &leadership {
-            Some(leadership) => Some(leadership.lost().await),
+            Some(leadership) => leadership.lost().await,
             None => std::future::pending().await,
         }
     };
     let outcome = tokio::select! {
         () = shutdown.clone().wait() => Ok(()),
-        reason = lost => Err(OperatorError::LostLeadership(format!("{reason:?}"))),
+        reason = lost => Err(OperatorError::LostLeadership(reason.to_string())),
         _ = &mut controllers => Ok(()),
     };
     if let Err(err) = &outcome {

@@ -549,6 +549,9 @@ pub enum Outcome {
     OomKilled,
     /// Phase Failed, status.reason Evicted, a message, DisruptionTarget condition.
     Evicted,
+    /// Phase Failed, status.reason DeadlineExceeded: what the kubelet writes when
+    /// activeDeadlineSeconds passes (kwok does not enforce deadlines itself).
+    DeadlineExceeded,
 }
 
 impl Outcome {
@@ -558,6 +561,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::OomKilled => "oomkilled",
             Outcome::Evicted => "evicted",
+            Outcome::DeadlineExceeded => "deadlineexceeded",
         }
     }
 }
