@@ -68,6 +68,17 @@ pub struct HostOperator {
 impl HostOperator {
     /// Starts the operator with the release's rendered arguments and configuration.
     pub async fn start(release: &Release) -> anyhow::Result<Self> {
+        // A build from another source tree sharing this target directory (CARGO_TARGET_DIR)
+        // can replace the binary cargo built for this test; say so rather than fail obscurely.
+        let probe = Command::new(OPERATOR_BIN)
+            .args(["run", "--help"])
+            .output()?;
+        anyhow::ensure!(
+            probe.status.success(),
+            "{OPERATOR_BIN} has no `run` command: it was built from other sources (another \
+             tree sharing this target directory?): {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
         let manifest: Rendering = release.manifest()?;
         let dir = tempfile::tempdir()?;
         let kubeconfig = release
