@@ -10,6 +10,8 @@ mod chart;
 mod cluster;
 #[path = "helm/crds.rs"]
 mod crds;
+#[path = "helm/hook_values.rs"]
+mod hook_values;
 #[path = "helm/operator.rs"]
 mod operator;
 #[path = "helm/release.rs"]
