@@ -118,9 +118,8 @@ async fn leader_election_and_secure_metrics_work_as_the_chart_service_account() 
 /// The RBAC sufficiency proof proper: pools reconciled in a watched namespace, untouched
 /// elsewhere, deleted cleanly, and nothing of the operator's left after `helm uninstall`.
 #[tokio::test]
-#[ignore = "TODO(issue 7): waits for the controller (issue 5): its end-to-end scenarios; the \
-            Lease outlives `helm uninstall`; the debug build overflows a 2 MiB stack when it \
-            reconciles a pool (RUST_MIN_STACK=16777216 gets past that)"]
+#[ignore = "TODO(issue 7): the controller's end-to-end scenarios (issue 5) are to run inside it, \
+            and the leader Lease outlives `helm uninstall` (docs/helm.md, Uninstalling)"]
 async fn the_operator_does_its_work_as_the_chart_service_account() -> anyhow::Result<()> {
     let ns = TestNamespace::new("helm-op").await?;
     let watched = TestNamespace::new("helm-op-w").await?;
