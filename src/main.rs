@@ -12,7 +12,7 @@ use workerpool_operator::operator::{self, OperatorOptions};
 use workerpool_operator::ops::http::{MetricsServing, parse_bind_address};
 use workerpool_operator::ops::leader::LeaseConfig;
 use workerpool_operator::ops::telemetry::{self, LogFormat};
-use workerpool_operator::{crd, manifest, render};
+use workerpool_operator::{crd, hooks, manifest, render};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,30 @@ enum Command {
         /// The worker ULID to render with.
         #[arg(long, default_value = "01HPS6K4BNB7BPHCDHDWFAMJNV")]
         worker_ulid: String,
+        /// Run this WASM plugin over the Pod (repeatable, in order), with optional settings as
+        /// JSON or YAML: `--plugin mirror.wasm='{"mirrors":{"docker.io":"m.example.com"}}'`.
+        /// The decision trail goes to stderr.
+        #[arg(long = "plugin", value_name = "FILE[=SETTINGS]")]
+        plugins: Vec<workerpool_operator::hooks::offline::PluginArg>,
+        /// Evaluate this Rego initialization policy (repeatable), after the plugins.
+        #[arg(long = "policy", value_name = "FILE")]
+        policies: Vec<PathBuf>,
+    },
+    /// Work with hook plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile a plugin, check its imports and ABI exports, run validate_settings, and print
+    /// its exports and size.
+    Check {
+        /// The module (.wasm, optionally gzip-compressed).
+        file: PathBuf,
+        /// Settings to validate, as JSON or YAML.
+        #[arg(long)]
+        settings: Option<String>,
     },
 }
 
@@ -153,6 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             pool_ulid,
             worker_ulid,
+            plugins,
+            policies,
         } => {
             let pool_file = pool.display().to_string();
             let run_file = run.display().to_string();
@@ -162,9 +188,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pool_ulid,
                 worker_ulid,
             };
-            let pod = render::render_pod(&pool, &run, &ids)
-                .with_context(|| format!("{run_file} on {pool_file}"))?;
-            print!("{}", format(&pod, output)?);
+            if plugins.is_empty() && policies.is_empty() {
+                let pod = render::render_pod(&pool, &run, &ids)
+                    .with_context(|| format!("{run_file} on {pool_file}"))?;
+                print!("{}", format(&pod, output)?);
+                return Ok(());
+            }
+            let worker = render::stand_in_worker(&pool, &ids);
+            let input = hooks::HookInput::build(&pool, &worker, &run)
+                .with_context(|| format!("{run_file} on {pool_file}: cannot build the run Pod"))?;
+            if let Ok(Some(policy)) = hooks::source::initialization_policy(&pool) {
+                eprintln!(
+                    "note: the pool's initialization policy (ConfigMap {} key {}) is not read offline; pass its file with --policy",
+                    policy.config_map, policy.key
+                );
+            }
+            if !pool.spec.plugins.is_empty() {
+                eprintln!(
+                    "note: the pool's spec.plugins live in ConfigMaps and are not run offline; pass them with --plugin"
+                );
+            }
+            let pipeline = hooks::offline::pipeline(&plugins, &policies)?;
+            let decision = pipeline.evaluate(input);
+            eprint!("{}", hooks::offline::describe(&decision));
+            match decision {
+                hooks::Decision::Allowed(allowed) => {
+                    print!("{}", format(&allowed.pod, output)?);
+                    Ok(())
+                }
+                hooks::Decision::Denied(denial) => {
+                    Err(anyhow::anyhow!("{run_file} on {pool_file}: {denial}"))
+                }
+            }
+        }
+        Command::Plugin(PluginCommand::Check { file, settings }) => {
+            let settings = settings
+                .map(|text| yaml_serde::from_str::<serde_json::Value>(&text))
+                .transpose()
+                .context("--settings is neither JSON nor YAML")?;
+            print!("{}", hooks::offline::check(&file, settings)?);
             Ok(())
         }
     }

@@ -126,7 +126,10 @@ impl HookConfig {
             let message = e.into_inner().to_string();
             // For an unknown field the path ends with the field, which the message names.
             if message.starts_with("unknown field") {
-                path = path.rsplit_once('.').map_or(".", |(parent, _)| parent).to_string();
+                path = path
+                    .rsplit_once('.')
+                    .map_or(".", |(parent, _)| parent)
+                    .to_string();
             }
             // yaml_serde starts some messages with the path already.
             let message = match message.strip_prefix(&format!("{path}: ")) {

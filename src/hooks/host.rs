@@ -72,6 +72,7 @@ pub struct CompiledModule {
     pub(super) has_initialize: bool,
     pub(super) compile_time: Duration,
     pub(super) exports: Vec<String>,
+    pub(super) imports: Vec<String>,
 }
 
 impl CompiledModule {
@@ -90,6 +91,10 @@ impl CompiledModule {
     /// Names of the module's exports, in module order.
     pub fn exports(&self) -> &[String] {
         &self.exports
+    }
+    /// The module's imports as `module::name`, in module order.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 }
 
@@ -235,6 +240,10 @@ impl WasmHost {
             });
         }
         let (exports, has_initialize) = check_abi_exports(&module)?;
+        let imports = module
+            .imports()
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
         let instance_pre = self
             .linker
             .instantiate_pre(&module)
@@ -246,6 +255,7 @@ impl WasmHost {
             has_initialize,
             compile_time: started.elapsed(),
             exports,
+            imports,
         })
     }
 }
@@ -394,11 +404,10 @@ mod tests {
 
     #[test]
     fn imports_outside_wasi_are_refused_by_name() {
-        let bytes = 
-            r#"(module (import "env" "launch_missiles" (func (param i32)))
-                       (import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32))))"#
-                .as_bytes()
-                .to_vec();
+        let wat = r#"(module
+            (import "env" "launch_missiles" (func (param i32)))
+            (import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32))))"#;
+        let bytes = wat.as_bytes().to_vec();
         let err = host().compile(&bytes).unwrap_err();
         assert!(
             err.to_string().starts_with(

@@ -13,7 +13,8 @@
 //! - [`source`]: ConfigMaps and the pool's initialization policy volume;
 //! - [`registry`]: live hooks, hot reload, load reports;
 //! - [`config`]: the operator's cluster-wide hook configuration file;
-//! - [`metrics`]: per-hook metrics.
+//! - [`metrics`]: per-hook metrics;
+//! - [`offline`]: hooks from files, for `render` and `plugin check`.
 
 pub mod abi;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod host;
 pub mod input;
 pub mod invariants;
 pub mod metrics;
+pub mod offline;
 pub mod pipeline;
 pub mod plugin;
 pub mod registry;

@@ -366,7 +366,7 @@ impl Pipeline {
                 format!("{stage} {:?} failed: {e}", policy.name())
             }),
             PolicyEntry::Broken { name, reason } => Err(format!(
-                "{stage} {name:?} does not compile, so every run is denied until it is fixed: {reason}"
+                "{stage} {name:?} is broken, so every run is denied until it is fixed: {reason}"
             )),
         };
         let elapsed = started.elapsed();

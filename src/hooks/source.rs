@@ -194,27 +194,27 @@ pub fn plugin_module(
         key,
         "binaryData",
     )?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes.as_slice())
-            .take(max as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| SourceError::BadContent {
-                config_map: name.clone(),
-                key: key.clone(),
-                message: format!("not valid gzip: {e}"),
-            })?;
-        if out.len() > max {
-            return Err(SourceError::BadContent {
-                config_map: name,
-                key,
-                message: format!("decompresses to more than {max} bytes"),
-            });
-        }
-        Ok(out)
-    } else {
-        Ok(bytes.clone())
+    gunzip_if_needed(bytes.clone(), max).map_err(|message| SourceError::BadContent {
+        config_map: name,
+        key,
+        message,
+    })
+}
+
+/// `bytes`, gunzipped when they start with gzip's magic, refusing more than `max` bytes.
+pub fn gunzip_if_needed(bytes: Vec<u8>, max: usize) -> Result<Vec<u8>, String> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
     }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not valid gzip: {e}"))?;
+    if out.len() > max {
+        return Err(format!("decompresses to more than {max} bytes"));
+    }
+    Ok(out)
 }
 
 /// A policy's text from a ConfigMap's `data` (or UTF-8 `binaryData`).

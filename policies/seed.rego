@@ -1,0 +1,5 @@
+package spacelift
+
+deny["you shall not pass"] {
+    false
+}
