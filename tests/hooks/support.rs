@@ -415,14 +415,18 @@ fn compare_with_wasmtime_wasi(bytes: &[u8], input: &HookInput) {
         shim50.as_secs_f64() * 1e6,
         shim99.as_secs_f64() * 1e6
     );
-    for level in [wasmtime::OptLevel::None, wasmtime::OptLevel::Speed] {
+    for (level, epochs) in [
+        (wasmtime::OptLevel::None, true),
+        (wasmtime::OptLevel::Speed, false),
+        (wasmtime::OptLevel::Speed, true),
+    ] {
         let mut config = Config::new();
-        config.cranelift_opt_level(level);
+        config.cranelift_opt_level(level).epoch_interruption(epochs);
         let engine = Engine::new(&config).unwrap();
         let started = Instant::now();
         Module::new(&engine, bytes).unwrap();
         println!(
-            "compile deny-latest with {level:?}: {:.0} ms",
+            "compile deny-latest with {level:?}, epochs {epochs}: {:.0} ms",
             started.elapsed().as_secs_f64() * 1e3
         );
     }
