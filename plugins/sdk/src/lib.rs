@@ -36,11 +36,11 @@ pub use k8s_openapi::api::core::v1::Pod;
 pub use serde_json;
 pub use types::{Context, Input, Output, PoolInfo, Run, Settings, WorkerInfo};
 
-#[doc(hidden)]
-pub use abi::{alloc_buffer, evaluate_bytes, pack, validate_bytes};
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub use abi::wasm;
+#[doc(hidden)]
+pub use abi::{alloc_buffer, evaluate_bytes, pack, validate_bytes};
 
 /// The ABI version this SDK speaks (the `workerpool_abi_v1` export).
 pub const ABI_VERSION: u32 = 1;
@@ -72,14 +72,19 @@ macro_rules! export_hook {
             pub extern "C" fn validate_settings(ptr: u32, len: u32) -> u64 {
                 // SAFETY: the host wrote `len` bytes at `ptr`, a buffer it got from `alloc`.
                 let input = unsafe { $crate::wasm::input(ptr, len) };
-                $crate::pack($crate::validate_bytes::<super::__WorkerpoolHookSettings>(input))
+                $crate::pack($crate::validate_bytes::<super::__WorkerpoolHookSettings>(
+                    input,
+                ))
             }
 
             #[unsafe(no_mangle)]
             pub extern "C" fn evaluate(ptr: u32, len: u32) -> u64 {
                 // SAFETY: as above.
                 let input = unsafe { $crate::wasm::input(ptr, len) };
-                $crate::pack($crate::evaluate_bytes::<super::__WorkerpoolHookSettings>(input, super::__hook))
+                $crate::pack($crate::evaluate_bytes::<super::__WorkerpoolHookSettings>(
+                    input,
+                    super::__hook,
+                ))
             }
         }
 

@@ -109,7 +109,11 @@ impl TestInput {
     }
 
     pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        self.0.context.run.metadata.insert(key.to_string(), value.to_string());
+        self.0
+            .context
+            .run
+            .metadata
+            .insert(key.to_string(), value.to_string());
         self
     }
 
@@ -137,9 +141,18 @@ pub fn run_pod(launcher_image: &str, runner_image: &str) -> Pod {
             name: Some("01hn37wc3mcne3cy9hahwrf06k-planning-1".into()),
             namespace: Some("default".into()),
             labels: Some(BTreeMap::from([
-                ("workers.spacelift.io/run-id".into(), "01HN37WC3MCNE3CY9HAHWRF06K".into()),
-                ("workers.spacelift.io/worker".into(), "01HN37WC3MCNE3CY9HAHWRF06K".into()),
-                ("workers.spacelift.io/workerpool".into(), "01HN37WC3MCNE3CY9HAHWRF06P".into()),
+                (
+                    "workers.spacelift.io/run-id".into(),
+                    "01HN37WC3MCNE3CY9HAHWRF06K".into(),
+                ),
+                (
+                    "workers.spacelift.io/worker".into(),
+                    "01HN37WC3MCNE3CY9HAHWRF06K".into(),
+                ),
+                (
+                    "workers.spacelift.io/workerpool".into(),
+                    "01HN37WC3MCNE3CY9HAHWRF06P".into(),
+                ),
             ])),
             owner_references: Some(vec![OwnerReference {
                 api_version: "workers.spacelift.io/v1beta1".into(),

@@ -31,14 +31,18 @@ impl Settings for Config {
     fn validate(&self) -> Result<(), String> {
         match self.containers.as_str() {
             "all" | "worker" => Ok(()),
-            other => Err(format!("containers must be \"all\" or \"worker\", not {other:?}")),
+            other => Err(format!(
+                "containers must be \"all\" or \"worker\", not {other:?}"
+            )),
         }
     }
 }
 
 fn hook(input: Input<Config>) -> Output {
     let spec = input.pod.spec.as_ref();
-    let init = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
+    let init = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
     let main = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     let mut problems = Vec::new();
     for container in init.iter().chain(main) {
@@ -82,7 +86,9 @@ mod tests {
         let out = testing::evaluate(hook, &testing::input().runner_image("ubuntu"));
         assert_eq!(
             out.message.as_deref(),
-            Some("images must be pinned to a tag other than latest (or a digest): container \"worker\" uses \"ubuntu\"")
+            Some(
+                "images must be pinned to a tag other than latest (or a digest): container \"worker\" uses \"ubuntu\""
+            )
         );
         assert!(!out.allowed);
     }
@@ -91,7 +97,8 @@ mod tests {
     fn pinned_images_pass() {
         let out = testing::evaluate(hook, &testing::input().runner_image("ubuntu:24.04"));
         assert!(out.allowed, "{out:?}");
-        let digest = "ubuntu:latest@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let digest =
+            "ubuntu:latest@sha256:0000000000000000000000000000000000000000000000000000000000000000";
         assert!(testing::evaluate(hook, &testing::input().runner_image(digest)).allowed);
     }
 
@@ -112,6 +119,10 @@ mod tests {
             testing::validate::<Config>(json!({"containers": "some"})),
             Err("containers must be \"all\" or \"worker\", not \"some\"".into())
         );
-        assert!(testing::validate::<Config>(json!({"contaners": "all"})).unwrap_err().starts_with("settings: unknown field `contaners`"));
+        assert!(
+            testing::validate::<Config>(json!({"contaners": "all"}))
+                .unwrap_err()
+                .starts_with("settings: unknown field `contaners`")
+        );
     }
 }

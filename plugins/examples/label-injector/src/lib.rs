@@ -47,8 +47,15 @@ fn check_template(template: &str) -> Result<(), String> {
         let name = &rest[start + 1..end];
         let known = matches!(
             name,
-            "run.runId" | "run.stage" | "run.attempt" | "pool.name" | "pool.namespace" | "worker.name"
-        ) || name.strip_prefix("run.metadata.").is_some_and(|k| !k.is_empty());
+            "run.runId"
+                | "run.stage"
+                | "run.attempt"
+                | "pool.name"
+                | "pool.namespace"
+                | "worker.name"
+        ) || name
+            .strip_prefix("run.metadata.")
+            .is_some_and(|k| !k.is_empty());
         if !known {
             return Err(format!("unknown placeholder {{{name}}}"));
         }
@@ -63,7 +70,9 @@ fn render<S>(template: &str, input: &Input<S>) -> String {
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find('}').map(|e| e + start) else { break };
+        let Some(end) = rest[start..].find('}').map(|e| e + start) else {
+            break;
+        };
         let name = &rest[start + 1..end];
         let value = match name {
             "run.runId" => run.run_id.clone(),
@@ -89,10 +98,18 @@ fn render<S>(template: &str, input: &Input<S>) -> String {
 fn label_value(value: &str) -> String {
     let cleaned: String = value
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(63)
         .collect();
-    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 fn hook(input: Input<Config>) -> Output {
@@ -115,7 +132,11 @@ fn hook(input: Input<Config>) -> Output {
             changed = true;
         }
     }
-    if changed { Output::allow().with_pod(pod) } else { Output::allow() }
+    if changed {
+        Output::allow().with_pod(pod)
+    } else {
+        Output::allow()
+    }
 }
 
 export_hook!(hook, Config);
@@ -140,7 +161,10 @@ mod tests {
         assert_eq!(labels["spacelift.io/stack"], "infra_prod_net");
         assert_eq!(labels["spacelift.io/stage"], "planning");
         assert!(!labels.contains_key("spacelift.io/none"));
-        assert_eq!(pod.metadata.annotations.unwrap()["spacelift.io/commit"], "abc123 on test-workerpool");
+        assert_eq!(
+            pod.metadata.annotations.unwrap()["spacelift.io/commit"],
+            "abc123 on test-workerpool"
+        );
     }
 
     #[test]

@@ -37,7 +37,9 @@ impl Settings for Config {
         }
         for (host, mirror) in &self.mirrors {
             if mirror.contains("://") {
-                return Err(format!("mirrors[{host:?}]: {mirror:?} must be host[/path], without a scheme"));
+                return Err(format!(
+                    "mirrors[{host:?}]: {mirror:?} must be host[/path], without a scheme"
+                ));
             }
             if mirror.trim_matches('/').is_empty() {
                 return Err(format!("mirrors[{host:?}] is empty"));
@@ -52,7 +54,11 @@ impl Config {
     fn rewrite(&self, image: &str) -> Option<(String, String)> {
         let reference = ImageReference::parse(image).ok()?;
         let mirror = self.mirrors.iter().find_map(|(host, mirror)| {
-            let host = if host == "index.docker.io" { "docker.io" } else { host.as_str() };
+            let host = if host == "index.docker.io" {
+                "docker.io"
+            } else {
+                host.as_str()
+            };
             host.eq_ignore_ascii_case(&reference.host).then_some(mirror)
         })?;
         let mirror = mirror.trim_end_matches('/');
@@ -88,18 +94,22 @@ fn hook(input: Input<Config>) -> Output {
     }
     let mut out = Output::allow().with_message(format!(
         "mirrored {}",
-        rewritten.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
+        rewritten
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     if let Some((mirrored, host)) = settings.rewrite(&input.runner_image) {
         let mut hosts = input.allowed_runner_image_hosts.clone();
         let allowed = hosts.iter().any(|h| h.eq_ignore_ascii_case(&host));
-        if settings.allow_mirror_hosts && allowed {
-            if let Ok(mirror) = ImageReference::parse(&mirrored) {
-                if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&mirror.host)) {
-                    hosts.push(mirror.host);
-                    out = out.with_allowed_runner_image_hosts(hosts);
-                }
-            }
+        if settings.allow_mirror_hosts
+            && allowed
+            && let Ok(mirror) = ImageReference::parse(&mirrored)
+            && !hosts.iter().any(|h| h.eq_ignore_ascii_case(&mirror.host))
+        {
+            hosts.push(mirror.host);
+            out = out.with_allowed_runner_image_hosts(hosts);
         }
         out = out.with_runner_image(mirrored);
     }
@@ -127,13 +137,28 @@ mod tests {
             .allowed_runner_image_hosts(&["docker.io"]);
         let out = testing::evaluate(hook, &input);
         assert!(out.allowed);
-        assert_eq!(out.runner_image.as_deref(), Some("mirror.example.com/dockerhub/library/ubuntu:24.04"));
-        assert_eq!(out.allowed_runner_image_hosts, Some(vec!["docker.io".into(), "mirror.example.com".into()]));
+        assert_eq!(
+            out.runner_image.as_deref(),
+            Some("mirror.example.com/dockerhub/library/ubuntu:24.04")
+        );
+        assert_eq!(
+            out.allowed_runner_image_hosts,
+            Some(vec!["docker.io".into(), "mirror.example.com".into()])
+        );
         let pod = out.pod.unwrap();
-        let images: Vec<_> = pod.spec.unwrap().containers.into_iter().map(|c| c.image.unwrap()).collect();
+        let images: Vec<_> = pod
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| c.image.unwrap())
+            .collect();
         assert_eq!(
             images,
-            ["mirror.example.com/ecr/spacelift/launcher:v1", "mirror.example.com/dockerhub/library/ubuntu:24.04"]
+            [
+                "mirror.example.com/ecr/spacelift/launcher:v1",
+                "mirror.example.com/dockerhub/library/ubuntu:24.04"
+            ]
         );
     }
 
@@ -149,6 +174,10 @@ mod tests {
             testing::validate::<Config>(json!({"mirrors": {"docker.io": "https://m.example.com"}})),
             Err("mirrors[\"docker.io\"]: \"https://m.example.com\" must be host[/path], without a scheme".into())
         );
-        assert!(testing::validate::<Config>(json!({})).unwrap_err().starts_with("settings: missing field `mirrors`"));
+        assert!(
+            testing::validate::<Config>(json!({}))
+                .unwrap_err()
+                .starts_with("settings: missing field `mirrors`")
+        );
     }
 }

@@ -41,7 +41,11 @@ struct Defaults {
 
 impl Settings for Config {
     fn validate(&self) -> Result<(), String> {
-        let all = [("defaults.requests", &self.defaults.requests), ("defaults.limits", &self.defaults.limits), ("max", &self.max)];
+        let all = [
+            ("defaults.requests", &self.defaults.requests),
+            ("defaults.limits", &self.defaults.limits),
+            ("max", &self.max),
+        ];
         for (field, map) in all {
             for (resource, value) in map {
                 parse_quantity(value).map_err(|e| format!("{field}.{resource}: {e}"))?;
@@ -51,7 +55,9 @@ impl Settings for Config {
             if let Some(max) = self.max.get(resource)
                 && parse_quantity(value)? > parse_quantity(max)?
             {
-                return Err(format!("the default {resource} {value} is above max.{resource} {max}"));
+                return Err(format!(
+                    "the default {resource} {value} is above max.{resource} {max}"
+                ));
             }
         }
         Ok(())
@@ -65,7 +71,9 @@ fn parse_quantity(text: &str) -> Result<f64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a quantity"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a quantity"))?;
     let factor = match suffix {
         "" => 1.0,
         "n" => 1e-9,
@@ -84,7 +92,9 @@ fn parse_quantity(text: &str) -> Result<f64, String> {
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
         exp if exp.starts_with(['e', 'E']) => {
-            let e: i32 = exp[1..].parse().map_err(|_| format!("{text:?} is not a quantity"))?;
+            let e: i32 = exp[1..]
+                .parse()
+                .map_err(|_| format!("{text:?} is not a quantity"))?;
             10f64.powi(e)
         }
         _ => return Err(format!("{text:?} has an unknown suffix {suffix:?}")),
@@ -104,9 +114,15 @@ fn hook(input: Input<Config>) -> Output {
             {
                 continue;
             }
-            let resources = container.resources.get_or_insert_with(ResourceRequirements::default);
+            let resources = container
+                .resources
+                .get_or_insert_with(ResourceRequirements::default);
             for (kind, defaults, current) in [
-                ("requests", &settings.defaults.requests, &mut resources.requests),
+                (
+                    "requests",
+                    &settings.defaults.requests,
+                    &mut resources.requests,
+                ),
                 ("limits", &settings.defaults.limits, &mut resources.limits),
             ] {
                 for (resource, value) in defaults {
@@ -117,13 +133,18 @@ fn hook(input: Input<Config>) -> Output {
                     }
                 }
                 for (resource, Quantity(value)) in current.iter().flatten() {
-                    let Some(max) = settings.max.get(resource) else { continue };
+                    let Some(max) = settings.max.get(resource) else {
+                        continue;
+                    };
                     match (parse_quantity(value), parse_quantity(max)) {
                         (Ok(v), Ok(m)) if v > m => problems.push(format!(
                             "container {:?} {kind} {resource} {value} is above the ceiling {max}",
                             container.name
                         )),
-                        (Err(e), _) => problems.push(format!("container {:?} {kind} {resource}: {e}", container.name)),
+                        (Err(e), _) => problems.push(format!(
+                            "container {:?} {kind} {resource}: {e}",
+                            container.name
+                        )),
                         _ => {}
                     }
                 }
@@ -133,7 +154,11 @@ fn hook(input: Input<Config>) -> Output {
     if !problems.is_empty() {
         return Output::deny(problems.join("; "));
     }
-    if changed { Output::allow().with_pod(pod) } else { Output::allow() }
+    if changed {
+        Output::allow().with_pod(pod)
+    } else {
+        Output::allow()
+    }
 }
 
 export_hook!(hook, Config);
@@ -165,7 +190,10 @@ mod tests {
         let worker = spec.containers[1].resources.clone().unwrap();
         assert_eq!(worker.requests.unwrap()["cpu"], Quantity("1".into()));
         assert_eq!(worker.limits.unwrap()["memory"], Quantity("2Gi".into()));
-        assert!(spec.containers[0].resources.is_none(), "launcher-grpc is not guarded");
+        assert!(
+            spec.containers[0].resources.is_none(),
+            "launcher-grpc is not guarded"
+        );
     }
 
     #[test]
@@ -180,7 +208,9 @@ mod tests {
         let out = testing::evaluate(hook, &input);
         assert_eq!(
             out.message.as_deref(),
-            Some("container \"worker\" requests cpu 8 is above the ceiling 4; container \"worker\" limits memory 16Gi is above the ceiling 8Gi")
+            Some(
+                "container \"worker\" requests cpu 8 is above the ceiling 4; container \"worker\" limits memory 16Gi is above the ceiling 8Gi"
+            )
         );
     }
 
@@ -189,6 +219,10 @@ mod tests {
         assert_eq!(parse_quantity("250m").unwrap(), 0.25);
         assert_eq!(parse_quantity("1Gi").unwrap(), 1073741824.0);
         assert_eq!(parse_quantity("2e3").unwrap(), 2000.0);
-        assert!(testing::validate::<Config>(json!({"max": {"cpu": "lots"}})).unwrap_err().contains("max.cpu"));
+        assert!(
+            testing::validate::<Config>(json!({"max": {"cpu": "lots"}}))
+                .unwrap_err()
+                .contains("max.cpu")
+        );
     }
 }
