@@ -131,6 +131,9 @@ enum RunCommand {
         /// Run timeout in seconds.
         #[arg(long)]
         timeout_seconds: Option<u64>,
+        /// Run metadata passed to the worker (and its hooks), as KEY=VALUE; repeatable.
+        #[arg(long = "metadata", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
     },
     /// List runs, newest first.
     List {
@@ -286,6 +289,7 @@ async fn run(backend_url: &str, command: RunCommand) -> anyhow::Result<()> {
             stage,
             launcher_image,
             timeout_seconds,
+            metadata,
         } => {
             let request = SubmitRun {
                 pool,
@@ -293,7 +297,7 @@ async fn run(backend_url: &str, command: RunCommand) -> anyhow::Result<()> {
                 stage: Some(stage),
                 launcher_image,
                 run_timeout_seconds: timeout_seconds,
-                metadata: Default::default(),
+                metadata: metadata.into_iter().collect(),
             };
             let run = client::submit_run(backend_url, &request).await?;
             println!("{}", run.id);
@@ -328,6 +332,13 @@ async fn run(backend_url: &str, command: RunCommand) -> anyhow::Result<()> {
             println!("{} {}", run.id, run.state);
             Ok(())
         }
+    }
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
 }
 

@@ -194,15 +194,24 @@ pub fn state_message(worker: &Worker) -> Result<Message, Error> {
 }
 
 /// Re-sends every worker's state (and the registration of unregistered ones) so the backend can
-/// reconcile after a reconnect or a controller restart: no lost or phantom runs.
+/// reconcile after a reconnect or a controller restart: no lost or phantom runs. Each worker is
+/// re-read under its lock, so a state sent here is never older than a run message sent by a
+/// handler (a stale IDLE after `run.accepted` would make the backend fail the run).
 pub async fn report_all_states(ctx: &Arc<Context>, link: &Arc<PoolHandle>) -> Result<(), Error> {
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &link.key.namespace);
     let selector = format!("{LABEL_WORKERPOOL}={}", link.pool_id);
-    for worker in workers
-        .list(&ListParams::default().labels(&selector))
+    let names: Vec<String> = workers
+        .list_metadata(&ListParams::default().labels(&selector))
         .await?
         .items
-    {
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    for name in names {
+        let _guard = ctx.worker_lock(&link.key.namespace, &name).await;
+        let Some(worker) = workers.get_opt(&name).await? else {
+            continue;
+        };
         if worker.meta().deletion_timestamp.is_some() {
             continue;
         }

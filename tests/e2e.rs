@@ -1,0 +1,501 @@
+//! End to end, one test per behaviour of the seed: the operator binary against the real control
+//! plane (tests/testenv), a real Mosquitto with mutual TLS and the reference backend.
+
+mod broker;
+mod support;
+
+#[path = "e2e/stack.rs"]
+mod stack;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use workerpool_operator::crd::{
+    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, WorkerState,
+};
+
+use stack::{Stack, WAIT, pool_yaml};
+use support::{Finish, Outcome, wait_for};
+
+const RUNNER: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
+
+fn seed(name: &str) -> String {
+    let path = support::repo_root().join("tests/fixtures/seed").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn the_seed_pool_registers_its_workers_with_their_own_keys() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-create").await?;
+    let pool_ulid = stack.create_credentials("test-workerpool", "test-workerpool")?;
+    stack.start_operator(&[])?;
+    stack.apply(&seed("create-a-workerpool.yaml"))?;
+
+    let pool = stack.wait_registered("test-workerpool", 2).await?;
+    let status = pool.status.clone().unwrap_or_default();
+    assert_eq!(status.desired_pool_size, Some(2));
+    assert_eq!(
+        status.selector,
+        Some(format!("{LABEL_WORKERPOOL}={pool_ulid}"))
+    );
+    assert_eq!(pool.labels().get(LABEL_ULID), Some(&pool_ulid));
+
+    let workers = stack.worker_list().await?;
+    assert_eq!(workers.len(), 2);
+    let secrets: Api<Secret> = stack.ns.api();
+    let mut keys = Vec::new();
+    for worker in &workers {
+        let ulid = worker.labels().get(LABEL_ULID).cloned().unwrap_or_default();
+        assert_eq!(
+            worker.name_any(),
+            format!("test-workerpool-{}", ulid.to_lowercase())
+        );
+        assert_eq!(worker.labels().get(LABEL_WORKERPOOL), Some(&pool_ulid));
+        assert_eq!(
+            worker
+                .annotations()
+                .get(ANNOTATION_WORKERPOOL_NAME)
+                .map(String::as_str),
+            Some("test-workerpool")
+        );
+        let status = worker.status.clone().unwrap_or_default();
+        assert_eq!(
+            (status.registered, status.state),
+            (Some(true), Some(WorkerState::Idle))
+        );
+        let secret = secrets.get(&worker.name_any()).await?;
+        assert_eq!(secret.owner_references()[0].name, worker.name_any());
+        keys.push(secret.data.unwrap_or_default()["privateKey"].0.clone());
+    }
+    assert_ne!(keys[0], keys[1], "every worker has its own key pair");
+
+    let table = stack.ns.kubectl(["get", "workerpools"])?;
+    assert!(
+        table.contains("DESIRED POOL SIZE") && table.contains("ACTUAL POOL SIZE"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("test-workerpool"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[1..3],
+        ["2", "2"],
+        "{table}"
+    );
+    let workers_table = stack.ns.kubectl(["get", "workers"])?;
+    assert!(
+        workers_table.contains("test-workerpool") && workers_table.contains("IDLE"),
+        "{workers_table}"
+    );
+
+    let backend_workers: Vec<workerpool_operator::backend::store::WorkerView> =
+        reqwest::get(format!("{}/api/workers", stack.backend_url))
+            .await?
+            .json()
+            .await?;
+    assert_eq!(
+        backend_workers
+            .iter()
+            .filter(|w| w.pool_id == pool_ulid)
+            .count(),
+        2
+    );
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn scale_down_never_deletes_a_busy_worker() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-scale").await?;
+    stack.create_credentials("scaling", "scaling")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("scaling", "scaling", 2, ""))?;
+    stack.wait_registered("scaling", 2).await?;
+
+    let run = stack.submit("scaling", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    stack
+        .ns
+        .kubectl(["scale", "workerpools", "scaling", "--replicas=0"])?;
+    let spec_size = stack.pools().get("scaling").await?.spec.pool_size;
+    assert_eq!(spec_size, 0, "kubectl scale sets spec.poolSize");
+
+    let busy = wait_for(
+        "the idle worker gone and the busy one DRAINING",
+        WAIT,
+        || async {
+            let workers = stack.worker_list().await?;
+            let states: Vec<_> = workers
+                .iter()
+                .map(|w| w.status.clone().unwrap_or_default().state)
+                .collect();
+            Ok((states == [Some(WorkerState::Draining)]).then(|| workers[0].clone()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        busy.status.unwrap_or_default().current_run_id.as_deref(),
+        Some(run.id.as_str())
+    );
+    assert!(
+        stack.pods().get_opt(&pod.name_any()).await?.is_some(),
+        "the run Pod survives the scale-down"
+    );
+
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    stack.wait_run(&run.id, "succeeded").await?;
+    wait_for("the drained worker removed", WAIT, || async {
+        Ok(stack.worker_list().await?.is_empty().then_some(()))
+    })
+    .await?;
+
+    stack
+        .ns
+        .kubectl(["scale", "workerpools", "scaling", "--replicas=1"])?;
+    stack.wait_registered("scaling", 1).await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn run_outcomes_are_reported_with_their_cause() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-runs").await?;
+    stack.create_credentials("runs", "runs")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("runs", "runs", 4, ""))?;
+    stack.wait_registered("runs", 4).await?;
+
+    let cases = [
+        (Finish::succeeded(), "succeeded", None, ""),
+        (
+            Finish::failed().exit_code(3),
+            "failed",
+            Some("Error"),
+            "exited with code 3",
+        ),
+        (
+            Finish::oom_killed(),
+            "failed",
+            Some("OOMKilled"),
+            "OOMKilled",
+        ),
+        (
+            Outcome::DeadlineExceeded.into(),
+            "failed",
+            Some("DeadlineExceeded"),
+            "deadline",
+        ),
+        (
+            Finish::evicted(),
+            "failed",
+            Some("Evicted"),
+            "low on resource",
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (finish, ..) in &cases {
+        let run = stack.submit("runs", RUNNER, &[]).await?;
+        let pod = stack.wait_run_pod(&run.id).await?;
+        stack.finish(&pod.name_any(), finish.clone()).await?;
+        runs.push((run, pod));
+    }
+    for ((run, pod), (_, state, cause, message)) in runs.iter().zip(&cases) {
+        let ended = stack.wait_run(&run.id, state).await?;
+        assert_eq!(ended.cause.as_deref(), *cause, "run {}", run.id);
+        assert!(
+            ended.message.contains(message),
+            "{:?} lacks {message:?}",
+            ended.message
+        );
+        let kept = stack.pods().get_opt(&pod.name_any()).await?;
+        if *state == "succeeded" {
+            wait_for("the successful Pod deleted", WAIT, || async {
+                Ok(stack
+                    .pods()
+                    .get_opt(&pod.name_any())
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            })
+            .await?;
+        } else {
+            let kept = kept.expect("failed Pods are kept for debugging");
+            assert_eq!(
+                kept.annotations()
+                    .get("workers.spacelift.io/outcome")
+                    .map(String::as_str),
+                Some("failed")
+            );
+        }
+    }
+    wait_for("every worker IDLE again", WAIT, || async {
+        let workers = stack.worker_list().await?;
+        Ok(workers
+            .iter()
+            .all(|w| w.status.clone().unwrap_or_default().state == Some(WorkerState::Idle))
+            .then_some(()))
+    })
+    .await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_stop_request_deletes_the_pod_and_reports_stopped() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-stop").await?;
+    stack.create_credentials("stopping", "stopping")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("stopping", "stopping", 1, ""))?;
+    stack.wait_registered("stopping", 1).await?;
+    let run = stack.submit("stopping", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    workerpool_operator::backend::client::stop_run(&stack.backend_url, &run.id).await?;
+    let stopped = stack.wait_run(&run.id, "stopped").await;
+    if stopped.is_err() {
+        eprintln!("{:#?}", stack.run(&run.id).await?.events);
+        eprintln!("{}", stack.operator_log());
+    }
+    stopped?;
+    wait_for("the stopped run's Pod gone", WAIT, || async {
+        Ok(stack
+            .pods()
+            .get_opt(&pod.name_any())
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn bad_credentials_are_reported_and_a_fixed_secret_heals_the_pool() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-creds").await?;
+    stack.create_credentials("healthy", "healthy")?;
+    stack.create_credentials("broken", "broken")?;
+    // Corrupt the private key the way the seed's troubleshooting shows.
+    let good_key = stack.ns.kubectl([
+        "get",
+        "secret",
+        "broken",
+        "-o",
+        "jsonpath={.data.privateKey}",
+    ])?;
+    stack.ns.kubectl([
+        "patch",
+        "secret",
+        "broken",
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"privateKey":"bm90@base64"}}"#,
+    ])?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("healthy", "healthy", 1, ""))?;
+    stack.apply(&pool_yaml("broken", "broken", 1, ""))?;
+
+    stack.wait_registered("healthy", 1).await?;
+    let events = wait_for("a WorkerPoolCannotRegister event", WAIT, || async {
+        let out = stack
+            .ns
+            .kubectl([
+                "get",
+                "events",
+                "--field-selector",
+                "regarding.name=broken,reason=WorkerPoolCannotRegister",
+                "-o",
+                "jsonpath={.items[*].note}",
+            ])
+            .or_else(|_| stack.ns.kubectl(["events", "--for", "workerpool/broken"]))?;
+        Ok(out
+            .contains("WorkerPoolCannotRegister")
+            .then_some(out.clone())
+            .or_else(|| out.contains("Unable to register").then_some(out)))
+    })
+    .await?;
+    assert!(
+        events.contains("Unable to register worker pool: cannot retrieve workerpool token: unable to base64 decode privateKey: illegal base64 data at input byte 4"),
+        "{events}"
+    );
+    let broken = stack.pools().get("broken").await?;
+    let status = broken.status.unwrap_or_default();
+    assert_eq!(
+        status.actual_pool_size, None,
+        "the actual size stays empty, as the seed shows"
+    );
+    let registered = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Registered")
+        .expect("Registered condition");
+    assert_eq!(
+        (registered.status.as_str(), registered.reason.as_str()),
+        ("False", "InvalidCredentials")
+    );
+    assert!(
+        stack
+            .operator_log()
+            .contains("illegal base64 data at input byte 4")
+    );
+
+    stack.ns.kubectl([
+        "patch",
+        "secret",
+        "broken",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"data":{{"privateKey":"{good_key}"}}}}"#),
+    ])?;
+    stack.wait_registered("broken", 1).await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn successful_pods_are_kept_when_asked_and_history_limits_apply() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-history").await?;
+    stack.create_credentials("kept", "kept")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml(
+        "kept",
+        "kept",
+        1,
+        "  keepSuccessfulPods: true\n  failedPodsHistoryLimit: 1\n",
+    ))?;
+    stack.wait_registered("kept", 1).await?;
+
+    let mut pods = Vec::new();
+    for finish in [Finish::succeeded(), Finish::failed(), Finish::failed()] {
+        let run = stack.submit("kept", RUNNER, &[]).await?;
+        let pod = stack.wait_run_pod(&run.id).await?;
+        stack.finish(&pod.name_any(), finish).await?;
+        let state = if pods.is_empty() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        stack.wait_run(&run.id, state).await?;
+        pods.push(pod.name_any());
+    }
+    let remaining = wait_for("the oldest failed Pod removed", WAIT, || async {
+        let names: Vec<String> = stack
+            .pods()
+            .list(&ListParams::default().labels(LABEL_RUN_ID))
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(ResourceExt::name_any)
+            .collect();
+        Ok((names.len() == 2).then_some(names))
+    })
+    .await?;
+    assert!(
+        remaining.contains(&pods[0]),
+        "keepSuccessfulPods keeps the successful Pod"
+    );
+    assert!(
+        remaining.contains(&pods[2]),
+        "the newest failed Pod is kept"
+    );
+    assert!(
+        !remaining.contains(&pods[1]),
+        "failedPodsHistoryLimit: 1 removes the older failed Pod"
+    );
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_run_reports_the_outcome_and_never_creates_a_second_pod()
+-> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-crash").await?;
+    stack.create_credentials("crash", "crash")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml(
+        "crash",
+        "crash",
+        1,
+        "  keepSuccessfulPods: true\n",
+    ))?;
+    stack.wait_registered("crash", 1).await?;
+
+    let run = stack.submit("crash", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    stack.kill_operator();
+    // The run ends while nobody watches; a second run is queued meanwhile.
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    support::wait_for_pod(
+        &support::client().await?,
+        &stack.ns.name,
+        &pod.name_any(),
+        support::pod_finished,
+    )
+    .await?;
+    let second = stack.submit("crash", RUNNER, &[]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    stack.restart_operator()?;
+    let ended = stack.wait_run(&run.id, "succeeded").await?;
+    let created = ended
+        .events
+        .iter()
+        .filter(|e| e.kind == "run.podCreated")
+        .count();
+    assert_eq!(created, 1, "one Pod for the run: {:?}", ended.events);
+    let same = stack.pods().get(&pod.name_any()).await?;
+    assert_eq!(same.uid(), pod.uid(), "the Pod was not recreated");
+
+    let next_pod = stack.wait_run_pod(&second.id).await?;
+    let pods: Api<Pod> = stack.pods();
+    let for_second = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_RUN_ID}={}", second.id)))
+        .await?;
+    assert_eq!(for_second.items.len(), 1);
+    stack
+        .finish(&next_pod.name_any(), Outcome::Succeeded)
+        .await?;
+    stack.wait_run(&second.id, "succeeded").await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_acts() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-leader").await?;
+    stack.create_credentials("led", "led")?;
+    let lease_ns = format!("--leader-election-namespace={}", stack.ns.name);
+    stack.start_operator(&["--leader-elect", &lease_ns])?;
+    let mut second = stack::Replica::start(&stack, &["--leader-elect", &lease_ns])?;
+    stack.apply(&pool_yaml("led", "led", 2, ""))?;
+    stack.wait_registered("led", 2).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stack.worker_list().await?.len(),
+        2,
+        "exactly poolSize workers, not one set per replica"
+    );
+
+    let lease = stack.ns.kubectl([
+        "get",
+        "lease",
+        "workerpool-operator-leader",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
+    assert!(!lease.is_empty());
+    let first_leads = stack.operator_log().contains("became leader");
+    assert_ne!(
+        first_leads,
+        second.log().contains("became leader"),
+        "exactly one replica leads"
+    );
+    if first_leads {
+        stack.kill_operator();
+    } else {
+        second.kill();
+    }
+    let run = stack.submit("led", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    stack.wait_run(&run.id, "succeeded").await?;
+    assert_eq!(stack.worker_list().await?.len(), 2);
+    second.kill();
+    stack.ns.cleanup().await
+}
