@@ -58,14 +58,10 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
     if pod.annotations().contains_key(ANNOTATION_OUTCOME) {
         // Reported already: make sure the worker was freed (a crash may have come between),
         // then apply retention.
-        workers::release(
-            &ctx,
-            link.as_deref(),
-            &namespace,
-            &worker_name,
-            &pod.name_any(),
-        )
-        .await?;
+        let guard = ctx.worker_lock(&namespace, &worker_name).await;
+        let pod_name = pod.name_any();
+        workers::release(&ctx, link.as_deref(), &namespace, &worker_name, &pod_name).await?;
+        drop(guard);
         return retention(&ctx, &pod, &worker_name).await;
     }
 
