@@ -310,12 +310,12 @@ mod tests {
     #[test]
     fn every_seed_workerpool_deserializes() {
         let files = seed_fixtures("tests/fixtures/seed");
-        let pools = files
+        let pools: Vec<WorkerPool> = files
             .iter()
             .filter(|f| !f.ends_with("initialization-policies-configmap.yaml"))
             .map(|f| load_workerpool(f).unwrap_or_else(|e| panic!("{e}")))
-            .count();
-        assert_eq!(pools, 11, "one WorkerPool per seed example");
+            .collect();
+        assert_eq!(pools.len(), 11, "one WorkerPool per seed example");
         let configuration = load_workerpool(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed/configuration.yaml"),
         )

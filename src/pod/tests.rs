@@ -182,7 +182,7 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
         mounts(init),
         [workspace.clone(), binaries.clone(), cache.clone()]
     );
-    assert_eq!(mounts(grpc), [workspace.clone()]);
+    assert_eq!(mounts(grpc), vec![workspace.clone()]);
     assert_eq!(mounts(worker), [workspace, binaries, cache]);
     let volumes: Vec<(&str, bool)> = spec
         .volumes
@@ -536,7 +536,8 @@ fn clashing_names_are_reported_on_the_pool_field() {
 
 #[test]
 fn bad_run_identities_are_refused() {
-    let cases: [(fn(&mut RunSchedule), BuildError); 4] = [
+    type Change = fn(&mut RunSchedule);
+    let cases: [(Change, BuildError); 4] = [
         (
             |r| r.run_id = "not-a-ulid".into(),
             BuildError::RunIdNotUlid("not-a-ulid".into()),
