@@ -499,3 +499,176 @@ async fn with_two_replicas_only_the_leader_acts() -> anyhow::Result<()> {
     second.kill();
     stack.ns.cleanup().await
 }
+
+#[tokio::test]
+async fn an_unschedulable_run_pod_fails_its_run_after_the_wait() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-unsched").await?;
+    stack.create_credentials("nowhere", "nowhere")?;
+    stack.start_operator(&[])?;
+    let pinned = "  pod:\n    nodeSelector:\n      no-such-label: x\n";
+    stack.apply(&pool_yaml("nowhere", "nowhere", 1, pinned))?;
+    stack.wait_registered("nowhere", 1).await?;
+    let run = stack.submit("nowhere", RUNNER, &[]).await?;
+    // The operator runs with --unschedulable-timeout=5s.
+    let failed = stack.wait_run(&run.id, "failed").await?;
+    assert_eq!(failed.cause.as_deref(), Some("Unschedulable"));
+    assert!(
+        failed.message.contains("could not be scheduled"),
+        "{}",
+        failed.message
+    );
+    let pod_name = failed.pod_name.clone().unwrap_or_default();
+    wait_for("the abandoned Pod deleted", WAIT, || async {
+        Ok(stack
+            .pods()
+            .get_opt(&pod_name)
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn hooks_change_or_refuse_run_pods_before_they_exist() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-hooks").await?;
+    stack.create_credentials("hooked", "hooked")?;
+    let wasm = support::repo_root().join("plugins/target/wasm/label-injector.wasm");
+    anyhow::ensure!(
+        wasm.is_file(),
+        "{} is missing: run plugins/build",
+        wasm.display()
+    );
+    let policies = support::repo_root().join("policies/pinned-runner-images.rego");
+    stack.ns.kubectl([
+        "create",
+        "configmap",
+        "label-injector",
+        &format!("--from-file=plugin.wasm={}", wasm.display()),
+    ])?;
+    stack.ns.kubectl([
+        "create",
+        "configmap",
+        "hooked-initialization-policy",
+        &format!(
+            "--from-file=initialization-policy.rego={}",
+            policies.display()
+        ),
+    ])?;
+    stack.start_operator(&[])?;
+    let hooks = r#"  plugins:
+    - configMap: label-injector
+      settings:
+        labels:
+          spacelift.io/stack: "{run.metadata.stack}"
+  pod:
+    volumes:
+      - name: initialization-policy
+        configMap:
+          name: hooked-initialization-policy
+    initContainer:
+      volumeMounts:
+        - name: initialization-policy
+          mountPath: "/opt/spacelift/policies/initialization"
+          readOnly: true
+      env:
+        - name: "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY"
+          value: "/opt/spacelift/policies/initialization/initialization-policy.rego"
+"#;
+    stack.apply(&pool_yaml("hooked", "hooked", 1, hooks))?;
+    stack.wait_registered("hooked", 1).await?;
+    let pool = stack.pools().get("hooked").await?;
+    let hooks_ready = pool
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "HooksReady");
+    assert_eq!(hooks_ready.map(|c| c.status).as_deref(), Some("True"));
+
+    // Allowed and changed by the plugin: the Pod carries the label and the decision trail.
+    let run = stack
+        .submit(
+            "hooked",
+            "public.ecr.aws/spacelift/runner-terraform:1.5.7",
+            &[("stack", "networking")],
+        )
+        .await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    assert_eq!(
+        pod.labels().get("spacelift.io/stack").map(String::as_str),
+        Some("networking")
+    );
+    let trail = pod
+        .annotations()
+        .get("workers.spacelift.io/hooks")
+        .cloned()
+        .unwrap_or_default();
+    assert!(trail.contains("label-injector"), "{trail}");
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    stack.wait_run(&run.id, "succeeded").await?;
+
+    // Refused by the initialization policy: no Pod, every reason reported, an event on the Worker.
+    let latest = stack
+        .submit(
+            "hooked",
+            "public.ecr.aws/spacelift/runner-terraform:latest",
+            &[],
+        )
+        .await?;
+    let denied = stack.wait_run(&latest.id, "denied").await?;
+    assert!(
+        denied
+            .message
+            .contains("floats: pin a tag other than latest"),
+        "{}",
+        denied.message
+    );
+    let pods = stack
+        .pods()
+        .list(&ListParams::default().labels(&format!("{LABEL_RUN_ID}={}", latest.id)))
+        .await?;
+    assert!(pods.items.is_empty(), "a denied run has no Pod");
+    let worker = stack.worker_list().await?.remove(0);
+    let events = stack
+        .ns
+        .kubectl(["events", "--for", &format!("worker/{}", worker.name_any())])?;
+    assert!(events.contains("RunDenied"), "{events}");
+    wait_for("the worker IDLE after the denial", WAIT, || async {
+        let w = stack.worker_list().await?.remove(0);
+        Ok((w.status.unwrap_or_default().state == Some(WorkerState::Idle)).then_some(()))
+    })
+    .await?;
+
+    // A broken new plugin version is reported and the previous one stays in service.
+    stack.ns.kubectl_stdin(["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: label-injector\nbinaryData:\n  plugin.wasm: bm90IHdhc20=\n")?;
+    let condition = wait_for("HooksReady=False", WAIT, || async {
+        let pool = stack.pools().get("hooked").await?;
+        Ok(pool
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "HooksReady" && c.status == "False"))
+    })
+    .await?;
+    assert!(
+        condition.message.contains("the previous version"),
+        "{}",
+        condition.message
+    );
+    let again = stack
+        .submit(
+            "hooked",
+            "public.ecr.aws/spacelift/runner-terraform:1.5.7",
+            &[("stack", "dns")],
+        )
+        .await?;
+    let pod = stack.wait_run_pod(&again.id).await?;
+    assert_eq!(
+        pod.labels().get("spacelift.io/stack").map(String::as_str),
+        Some("dns")
+    );
+    stack.ns.cleanup().await
+}

@@ -34,10 +34,44 @@ pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, yaml_serde::Error>
 }
 
 fn to_manifest<T: serde::Serialize>(crd: &T) -> Result<String, yaml_serde::Error> {
+    let mut crd = serde_json::to_value(crd).unwrap_or_default();
+    nullable_optionals(&mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
     Ok(format!(
         "# Generated from src/crd by `workerpool-operator crds`. Do not edit.\n{}",
-        yaml_serde::to_string(crd)?
+        yaml_serde::to_string(&crd)?
     ))
+}
+
+/// Marks every optional field `nullable`. The seed writes `requests:` with nothing but
+/// comments under it (YAML null) inside k8s-openapi types whose schemas do not allow null, and
+/// server-side apply refuses such a manifest otherwise. A null then reads as "unset", as it
+/// does for the Go operator.
+fn nullable_optionals(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    let required: Vec<String> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for (name, property) in properties.iter_mut() {
+            if !required.contains(name)
+                && let Some(property) = property.as_object_mut()
+            {
+                property.insert("nullable".into(), Value::Bool(true));
+            }
+            nullable_optionals(property);
+        }
+    }
+    for nested in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get_mut(nested).filter(|c| c.is_object()) {
+            nullable_optionals(child);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -136,6 +136,21 @@ fn start_cluster() -> anyhow::Result<Cluster> {
         Some(dir) => dir.join("kubectl"),
         None => PathBuf::from("kubectl"),
     };
+    // A cluster that was already up may carry CRDs from before the last change to src/crd:
+    // install the current ones (idempotent, server-side like the seed says).
+    let crds = repo_root().join("crds");
+    let applied = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crds)
+        .output()
+        .context("applying crds/")?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply -f crds/ failed: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     Ok(Cluster {
         kubeconfig,
         kubectl,
