@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use workerpool_operator::controller::keys::{generate_worker_key, generate_worker_key_rsa_crate};
+use workerpool_operator::controller::keys::{generate_worker_key, generate_worker_key_aws_lc};
 
 fn keys_per_second(label: &str, threads: usize, keys_per_thread: usize, generate: fn()) {
     let start = Instant::now();
@@ -37,13 +37,13 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("RSA-2048 worker keys, {cores} core(s)");
     let rsa = || {
-        generate_worker_key_rsa_crate().expect("rsa crate key");
+        generate_worker_key().expect("rsa crate key");
     };
     let aws = || {
-        generate_worker_key().expect("aws-lc-rs key");
+        generate_worker_key_aws_lc().expect("aws-lc-rs key");
     };
-    keys_per_second("rsa crate", 1, 10, rsa);
-    keys_per_second("rsa crate, all cores", cores, 10, rsa);
+    keys_per_second("rsa crate", 1, 40, rsa);
+    keys_per_second("rsa crate, all cores", cores, 40, rsa);
     keys_per_second("aws-lc-rs", 1, 40, aws);
     keys_per_second("aws-lc-rs, all cores", cores, 40, aws);
 }
