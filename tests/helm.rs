@@ -2,7 +2,11 @@
 //! upgrade with a changed CRD, uninstall, and what the chart's ServiceAccount may and may not
 //! do, on the real control plane of tests/testenv.
 
+mod broker;
 mod support;
+
+#[path = "e2e/stack.rs"]
+mod stack;
 
 #[path = "helm/chart.rs"]
 mod chart;

@@ -40,6 +40,7 @@ fn lease_config(ns: &str, lease: &str, identity: &str) -> LeaseConfig {
         lease_duration: LEASE_DURATION,
         renew_deadline: RENEW_DEADLINE,
         retry_period: RETRY_PERIOD,
+        owner: None,
     }
 }
 
@@ -535,4 +536,46 @@ async fn readyz_lists_the_failing_check_until_it_turns_ready() -> anyhow::Result
     trigger.trigger();
     tokio::time::timeout(Duration::from_secs(10), serving).await???;
     Ok(())
+}
+
+#[tokio::test]
+async fn the_lease_goes_with_the_pod_of_its_last_holder() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("lease-owner").await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    let pod = pods
+        .create(&Default::default(), &support::test_pod("operator"))
+        .await?;
+    let mut config = lease_config(&ns.name, "owned", "holder");
+    config.owner = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: "operator".into(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            ..Default::default()
+        },
+    );
+    let leadership = LeaderElector::new(ns.client.clone(), config)
+        .acquire()
+        .await?;
+    let lease: Lease = ns.api().get("owned").await?;
+    let owners = lease.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].name, "operator");
+    drop(leadership);
+    pods.delete(
+        "operator",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await?;
+    support::wait_for(
+        "the Lease collected with its holder's Pod",
+        Duration::from_secs(90),
+        || async {
+            let leases: Api<Lease> = ns.api();
+            Ok(leases.get_opt("owned").await?.is_none().then_some(()))
+        },
+    )
+    .await?;
+    ns.cleanup().await
 }

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -50,8 +50,22 @@ pub enum LeaderError {
     Task(String),
 }
 
+/// This process's Pod as an owner reference, when the downward API says which it is.
+pub fn pod_owner() -> Option<OwnerReference> {
+    let name = std::env::var("POD_NAME").ok().filter(|v| !v.is_empty())?;
+    let uid = std::env::var("POD_UID").ok().filter(|v| !v.is_empty())?;
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name,
+        uid,
+        controller: None,
+        block_owner_deletion: None,
+    })
+}
+
 /// Which Lease, who we are, and the timing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LeaseConfig {
     pub namespace: String,
     pub name: String,
@@ -63,6 +77,10 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// How often candidates try to acquire and the leader renews.
     pub retry_period: Duration,
+    /// The Pod this process runs in, written as the Lease's owner by whoever holds it, so the
+    /// garbage collector removes the Lease with the last leader's Pod (`helm uninstall` leaves
+    /// nothing behind). From `POD_NAME` and `POD_UID` (downward API); none outside a Pod.
+    pub owner: Option<OwnerReference>,
 }
 
 impl LeaseConfig {
@@ -76,6 +94,7 @@ impl LeaseConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            owner: pod_owner(),
         }
     }
 
@@ -441,6 +460,10 @@ impl LeaseClient {
             metadata: ObjectMeta {
                 // The resourceVersion read above: the write fails if anybody wrote since.
                 resource_version: current.metadata.resource_version.clone(),
+                owner_references: match &self.config.owner {
+                    Some(owner) => Some(vec![owner.clone()]),
+                    None => current.metadata.owner_references.clone(),
+                },
                 ..current.metadata.clone()
             },
             spec: Some(next.clone()),
@@ -475,6 +498,7 @@ impl LeaseClient {
             metadata: ObjectMeta {
                 name: Some(self.config.name.clone()),
                 namespace: Some(self.config.namespace.clone()),
+                owner_references: self.config.owner.clone().map(|o| vec![o]),
                 ..Default::default()
             },
             spec: Some(spec.clone()),

@@ -90,6 +90,19 @@ impl HostOperator {
         let args = host_args(&manifest.args()?, &hook_config, addresses);
         anyhow::ensure!(args.first().map(String::as_str) == Some("run"), "{args:?}");
 
+        // The Pod the chart's Deployment made (kwok plays it): the operator writes it as the
+        // leader Lease's owner, as it would from inside that Pod (downward API).
+        let pod = crate::support::kubectl([
+            "-n",
+            &release.namespace,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={}", release.name),
+            "-o",
+            "jsonpath={.items[0].metadata.name} {.items[0].metadata.uid}",
+        ])?;
+        let (pod_name, pod_uid) = pod.trim().split_once(' ').unwrap_or_default();
         let log = dir.path().join("operator.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(OPERATOR_BIN)
@@ -104,6 +117,8 @@ impl HostOperator {
             )
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", &release.namespace)
+            .env("POD_NAME", pod_name)
+            .env("POD_UID", pod_uid)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use serde_json::json;
+use kube::api::{Api, ListParams};
 
 use crate::chart::chart_dir;
 use crate::operator::HostOperator;
 use crate::release::Release;
+use crate::stack::{Stack, pool_yaml};
+use crate::support::Finish;
 use crate::support::{self, TestNamespace};
+
+const RUNNER: &str = "public.ecr.aws/spacelift/runner-terraform:1.5.7";
 
 fn args(watched: &str) -> Vec<String> {
     [
@@ -115,115 +117,171 @@ async fn leader_election_and_secure_metrics_work_as_the_chart_service_account() 
     ns.cleanup().await
 }
 
-/// The RBAC sufficiency proof proper: pools reconciled in a watched namespace, untouched
-/// elsewhere, deleted cleanly, and nothing of the operator's left after `helm uninstall`.
+/// The RBAC sufficiency proof proper: the controller's end-to-end scenarios (real
+/// credentials, broker and backend) pass with nothing but the chart's ServiceAccount; a pool in
+/// a namespace it does not watch is left alone; deleting the pool deregisters and removes its
+/// Workers; and after `helm uninstall` nothing the operator made is left, the Lease included.
 #[tokio::test]
-#[ignore = "TODO(issue 7): the controller's end-to-end scenarios (issue 5) are to run inside it, \
-            and the leader Lease outlives `helm uninstall` (docs/helm.md, Uninstalling)"]
 async fn the_operator_does_its_work_as_the_chart_service_account() -> anyhow::Result<()> {
     let ns = TestNamespace::new("helm-op").await?;
-    let watched = TestNamespace::new("helm-op-w").await?;
+    let stack = Stack::new("helm-op-w").await?;
     let other = TestNamespace::new("helm-op-o").await?;
-    let release = Release::install(&chart_dir(), &ns.name, &args(&watched.name))?;
+    let watched = stack.ns.name.clone();
+    let release = Release::install(&chart_dir(), &ns.name, &args(&watched))?;
     let mut operator = HostOperator::start(&release).await?;
     operator.wait_ready(Duration::from_secs(60)).await?;
+    let with_logs = |e: anyhow::Error| e.context(operator.logs());
 
-    let gvk = GroupVersionKind::gvk("workers.spacelift.io", "v1beta1", "WorkerPool");
-    let resource = ApiResource::from_gvk(&gvk);
-    let pools_in =
-        |n: &str| -> Api<DynamicObject> { Api::namespaced_with(ns.client.clone(), n, &resource) };
-    let pool = |name: &str| -> anyhow::Result<DynamicObject> {
-        Ok(serde_json::from_value(json!({
-            "apiVersion": "workers.spacelift.io/v1beta1",
-            "kind": "WorkerPool",
-            "metadata": {"name": name},
-            "spec": {"poolSize": 1}
-        }))?)
-    };
-    pools_in(&watched.name)
-        .create(&PostParams::default(), &pool("watched")?)
-        .await?;
-    pools_in(&other.name)
-        .create(&PostParams::default(), &pool("unwatched")?)
-        .await?;
+    // A pool in a namespace the operator does not watch stays untouched.
+    other.kubectl_stdin(
+        ["apply", "--server-side", "-f", "-"],
+        &pool_yaml("unwatched", "none", 1, ""),
+    )?;
 
-    // The operator reconciles the watched pool (it writes its status) ...
-    let watched_pools = pools_in(&watched.name);
+    // Pools, workers and their keys, registration.
+    stack.create_credentials("sufficient", "sufficient")?;
+    stack.apply(&pool_yaml("sufficient", "sufficient", 2, ""))?;
+    stack
+        .wait_registered("sufficient", 2)
+        .await
+        .map_err(with_logs)?;
+
+    // Runs: one succeeds (its Pod is deleted), one fails (its Pod is kept).
+    let ok = stack.submit("sufficient", RUNNER, &[]).await?;
+    let failing = stack.submit("sufficient", RUNNER, &[]).await?;
+    let ok_pod = stack.wait_run_pod(&ok.id).await.map_err(with_logs)?;
+    let failing_pod = stack.wait_run_pod(&failing.id).await.map_err(with_logs)?;
+    stack
+        .finish(
+            &ok_pod.metadata.name.clone().unwrap_or_default(),
+            Finish::succeeded(),
+        )
+        .await?;
+    stack
+        .finish(
+            &failing_pod.metadata.name.clone().unwrap_or_default(),
+            Finish::oom_killed(),
+        )
+        .await?;
+    stack
+        .wait_run(&ok.id, "succeeded")
+        .await
+        .map_err(with_logs)?;
+    let failed = stack
+        .wait_run(&failing.id, "failed")
+        .await
+        .map_err(with_logs)?;
+    assert_eq!(failed.cause.as_deref(), Some("OOMKilled"));
+
+    // Scale-down while a run is busy: the busy worker drains, then goes.
+    let busy = stack.submit("sufficient", RUNNER, &[]).await?;
+    let busy_pod = stack.wait_run_pod(&busy.id).await.map_err(with_logs)?;
+    stack
+        .ns
+        .kubectl(["scale", "workerpools", "sufficient", "--replicas=0"])?;
     support::wait_for(
-        "the operator to report on the pool",
-        Duration::from_secs(30),
+        "one DRAINING worker left",
+        Duration::from_secs(60),
         || async {
-            Ok(watched_pools
-                .get("watched")
-                .await?
-                .data
-                .get("status")
-                .filter(|s| s.as_object().is_some_and(|o| !o.is_empty()))
-                .cloned())
+            let workers = stack.worker_list().await?;
+            Ok((workers.len() == 1).then_some(()))
         },
     )
     .await
-    .map_err(|e| e.context(operator.logs()))?;
-    // ... and leaves the other alone.
-    let unwatched = pools_in(&other.name).get("unwatched").await?;
-    assert!(unwatched.data.get("status").is_none(), "{unwatched:?}");
-    assert!(unwatched.metadata.finalizers.is_none(), "{unwatched:?}");
-
-    // TODO(issue 7): the controller's end-to-end scenarios (issue 5) go here, against this
-    // operator: pools with real credentials from the reference backend, workers registered,
-    // runs scheduled and finished, scale-down while busy, hooks, pool deletion.
-
-    watched_pools
-        .delete("watched", &DeleteParams::default())
+    .map_err(with_logs)?;
+    stack
+        .finish(
+            &busy_pod.metadata.name.clone().unwrap_or_default(),
+            Finish::succeeded(),
+        )
         .await?;
+    stack
+        .wait_run(&busy.id, "succeeded")
+        .await
+        .map_err(with_logs)?;
+
+    // Deleting the pool deregisters and removes its Workers (finalizers included).
+    stack
+        .ns
+        .kubectl(["scale", "workerpools", "sufficient", "--replicas=1"])?;
+    stack
+        .wait_registered("sufficient", 1)
+        .await
+        .map_err(with_logs)?;
+    stack.ns.kubectl([
+        "delete",
+        "workerpool",
+        "sufficient",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     support::wait_for(
-        "the pool to be deleted",
+        "the pool's Workers gone",
         Duration::from_secs(60),
+        || async { Ok(stack.worker_list().await?.is_empty().then_some(())) },
+    )
+    .await
+    .map_err(with_logs)?;
+    let status = other.kubectl(["get", "workerpool", "unwatched", "-o", "jsonpath={.status}"])?;
+    assert!(
+        status.trim().is_empty(),
+        "the unwatched pool was touched: {status}"
+    );
+
+    let logs = operator.logs();
+    assert!(!logs.contains(" is forbidden: "), "refused:\n{logs}");
+    let exit = operator.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.success(), "exit {exit}:\n{logs}");
+    release.uninstall()?;
+
+    // Nothing the operator made is left: Workers, their key Secrets, run Pods, the Lease.
+    stack
+        .ns
+        .kubectl(["delete", "secret", "sufficient", "--ignore-not-found"])?;
+    let lp = ListParams::default();
+    assert!(stack.worker_list().await?.is_empty(), "Workers left");
+    let secrets: Vec<String> = stack
+        .ns
+        .api::<Secret>()
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    assert!(secrets.is_empty(), "Secrets left: {secrets:?}");
+    let pods: Vec<Pod> = stack.ns.api::<Pod>().list(&lp).await?.items;
+    // The failed run's Pod is kept by design (for debugging) until its Worker goes; with the
+    // Worker deleted the garbage collector takes it.
+    support::wait_for(
+        "run Pods collected with their Workers",
+        Duration::from_secs(90),
         || async {
-            Ok(watched_pools
-                .get_opt("watched")
-                .await?
-                .is_none()
+            let left = stack.ns.api::<Pod>().list(&lp).await?.items;
+            Ok(left
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_some())
                 .then_some(()))
         },
     )
     .await
-    .map_err(|e| e.context(operator.logs()))?;
-
-    let logs = operator.logs();
-    assert!(!logs.contains(" is forbidden: "), "refused:\n{logs}");
-    let status = operator.terminate(Duration::from_secs(15)).await?;
-    assert!(status.success(), "exit {status}:\n{logs}");
-    release.uninstall()?;
-
-    // Nothing the operator made is left: Workers, their key Secrets, run Pods, the Lease.
-    let workers = Api::<DynamicObject>::namespaced_with(
-        ns.client.clone(),
-        &watched.name,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "workers.spacelift.io",
-            "v1beta1",
-            "Worker",
-        )),
-    );
-    let lp = ListParams::default();
-    assert!(workers.list(&lp).await?.items.is_empty(), "Workers left");
-    assert!(
-        watched.api::<Secret>().list(&lp).await?.items.is_empty(),
-        "Secrets left"
-    );
-    assert!(
-        watched.api::<Pod>().list(&lp).await?.items.is_empty(),
-        "Pods left"
-    );
-    assert!(
-        ns.api::<Lease>().list(&lp).await?.items.is_empty(),
-        "the Lease is left"
-    );
-    pools_in(&other.name)
-        .delete("unwatched", &DeleteParams::default())
-        .await?;
+    .map_err(|e| e.context(format!("{} Pods left", pods.len())))?;
+    support::wait_for(
+        "the Lease collected with the operator's Pod",
+        Duration::from_secs(90),
+        || async {
+            Ok(ns
+                .api::<Lease>()
+                .list(&lp)
+                .await?
+                .items
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await?;
+    other.kubectl(["delete", "workerpool", "unwatched"])?;
     other.cleanup().await?;
-    watched.cleanup().await?;
+    stack.ns.cleanup().await?;
     ns.cleanup().await
 }
