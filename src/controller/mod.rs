@@ -190,6 +190,8 @@ pub enum Error {
     NoLink(String),
     #[error("{0} kept changing while being updated")]
     Conflict(String),
+    #[error("{0}: it was not made by this operator, or someone changed its labels")]
+    Unlabelled(String),
     #[error("hook pipeline task failed: {0}")]
     Hooks(String),
 }
@@ -203,6 +205,7 @@ impl Error {
             Error::Link(_) => "link",
             Error::NoLink(_) => "no_link",
             Error::Conflict(_) => "conflict",
+            Error::Unlabelled(_) => "unlabelled",
             Error::Hooks(_) => "hooks",
         }
     }
@@ -211,6 +214,15 @@ impl Error {
 /// Whether a Kubernetes error is a 404.
 pub fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// A write whose object may already be gone: NotFound counts as done.
+pub fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Whether a Kubernetes error is a 409 (already exists, or a stale resourceVersion).

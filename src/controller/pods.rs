@@ -17,7 +17,7 @@ use super::history::{FinishedPod, Retention, pods_to_delete};
 use super::outcome::{Verdict, classify};
 use super::{
     ANNOTATION_FINISHED_AT, ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context, Error,
-    is_not_found, workers,
+    ignore_not_found, workers,
 };
 use crate::crd::{
     ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_WORKER, LABEL_WORKERPOOL, Worker, WorkerPool,
@@ -82,8 +82,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         .get(LABEL_WORKER)
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| {
-            Error::NoLink(format!(
-                "run Pod {} has no {LABEL_WORKER} label",
+            Error::Unlabelled(format!(
+                "run Pod {} has no valid {LABEL_WORKER} label",
                 pod.name_any()
             ))
         })?;
@@ -93,22 +93,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let outcome = format!("{:?}", ending.outcome).to_lowercase();
-    let mark = json!({"metadata": {"annotations": {
-        ANNOTATION_OUTCOME: outcome,
-        ANNOTATION_FINISHED_AT: now.to_string(),
-    }}});
-    match pods
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&mark),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(err) if is_not_found(&err) => {}
-        Err(err) => return Err(err.into()),
-    }
+    mark_reported(&pods, &pod.name_any(), &outcome, now).await?;
     if ending.outcome == Outcome::Failed {
         let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
         if let Some(worker) = workers_api.get_opt(&worker_name).await? {
@@ -218,9 +203,22 @@ async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action
 }
 
 async fn delete(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
-    match pods.delete(name, &Default::default()).await {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
+    ignore_not_found(pods.delete(name, &Default::default()).await)
+}
+
+/// Writes the reported outcome onto the run Pod: from then on it is never reported again.
+pub async fn mark_reported(
+    pods: &Api<Pod>,
+    name: &str,
+    outcome: &str,
+    at: Timestamp,
+) -> Result<(), Error> {
+    let mark = json!({"metadata": {"annotations": {
+        ANNOTATION_OUTCOME: outcome,
+        ANNOTATION_FINISHED_AT: at.to_string(),
+    }}});
+    ignore_not_found(
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await,
+    )
 }

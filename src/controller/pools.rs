@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::plan::{WorkerView, plan_workers};
 use super::status::{CredentialState, Observation, pool_status, worker_counts};
-use super::{Context, Error, MANAGER, PoolHandle, PoolKey, is_not_found, workers};
+use super::{Context, Error, MANAGER, PoolHandle, PoolKey, ignore_not_found, workers};
 use crate::crd::{
     LABEL_ULID, LABEL_WORKERPOOL, SecretKeyRef, Worker, WorkerPool, WorkerPoolStatus, WorkerState,
 };
@@ -251,11 +251,7 @@ async fn apply_plan(
     let namespace = pool.namespace().unwrap_or_default();
     let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
     for name in &plan.delete {
-        match api.delete(name, &Default::default()).await {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(err) => return Err(err.into()),
-        }
+        ignore_not_found(api.delete(name, &Default::default()).await)?;
     }
     for name in &plan.drain {
         workers::set_draining(ctx, link, &namespace, name, true).await?;

@@ -10,17 +10,15 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use ulid::Ulid;
 
 use super::outcome::Ending;
 use super::workers::{self, remove_finalizer, update_status, worker_ulid};
 use super::{
-    ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context, Error, MANAGER, PoolHandle, is_conflict,
-    is_not_found,
+    ANNOTATION_SCHEDULED_AT, Context, Error, MANAGER, PoolHandle, ignore_not_found, is_conflict,
 };
 use crate::crd::{CurrentRun, Worker, WorkerPool, WorkerState, WorkerStatus};
 use crate::hooks::{Decision, HookInput};
@@ -332,30 +330,11 @@ async fn on_stop(
     };
     // Mark the Pod as reported first, so its disappearance is not taken for a failure.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mark = json!({"metadata": {"annotations": {
-        ANNOTATION_OUTCOME: "stopped",
-        super::ANNOTATION_FINISHED_AT: Timestamp::now().to_string(),
-    }}});
-    match pods
-        .patch(
-            &current.pod_name,
-            &PatchParams::default(),
-            &Patch::Merge(&mark),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(err) if is_not_found(&err) => {}
-        Err(err) => return Err(err.into()),
-    }
-    match pods
-        .delete(&current.pod_name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(err) if is_not_found(&err) => {}
-        Err(err) => return Err(err.into()),
-    }
+    super::pods::mark_reported(&pods, &current.pod_name, "stopped", Timestamp::now()).await?;
+    ignore_not_found(
+        pods.delete(&current.pod_name, &DeleteParams::default())
+            .await,
+    )?;
     let ending = Ending {
         outcome: Outcome::Stopped,
         cause: None,

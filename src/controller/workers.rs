@@ -17,7 +17,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use ulid::Ulid;
 
-use super::{Context, Error, FINALIZER, MANAGER, PoolHandle, is_conflict, is_not_found};
+use super::{
+    Context, Error, FINALIZER, MANAGER, PoolHandle, ignore_not_found, is_conflict, is_not_found,
+};
 use crate::crd::{
     ANNOTATION_WORKERPOOL_NAME, CurrentRun, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool,
     WorkerSpec, WorkerState, WorkerStatus,
@@ -169,8 +171,8 @@ pub fn worker_ulid(worker: &Worker) -> Result<Ulid, Error> {
         .get(LABEL_ULID)
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| {
-            Error::NoLink(format!(
-                "worker {} has no valid {LABEL_ULID} label",
+            Error::Unlabelled(format!(
+                "Worker {} has no valid {LABEL_ULID} label",
                 worker.name_any()
             ))
         })
@@ -369,11 +371,7 @@ pub async fn set_draining(
 
 async fn delete_worker(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
     let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
-    match api.delete(name, &Default::default()).await {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
+    ignore_not_found(api.delete(name, &Default::default()).await)
 }
 
 /// Drops the deregistration finalizer (the backend confirmed, or the deadline passed).

@@ -19,7 +19,7 @@ use crate::crd::{
     DEFAULT_ACTIVE_DEADLINE_SECONDS, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, LABEL_RUN_ID,
     LABEL_ULID, LABEL_WORKER, LABEL_WORKERPOOL, PodTemplate, Worker, WorkerPool,
 };
-use crate::protocol::RunSchedule;
+use crate::protocol::{RunRef, RunSchedule};
 
 /// The user and group every run container runs as unless the pool says otherwise.
 pub const SPACELIFT_UID: i64 = 1983;
@@ -196,11 +196,7 @@ pub fn pod_name(run: &RunSchedule) -> Result<String, BuildError> {
     if run.attempt == 0 {
         return Err(BuildError::ZeroAttempt);
     }
-    Ok(format!(
-        "{}-{stage}-{}",
-        ulid.to_string().to_ascii_lowercase(),
-        run.attempt
-    ))
+    Ok(RunRef::new(&ulid.to_string(), &stage, run.attempt).pod_name())
 }
 
 /// Checks a runner image against `allowedRunnerImageHosts` (empty allows every registry).
