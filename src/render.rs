@@ -113,7 +113,7 @@ pub fn stand_in_worker(pool: &WorkerPool, ids: &RenderIds) -> Worker {
             annotations: Some([(ANNOTATION_WORKERPOOL_NAME.to_string(), pool_name)].into()),
             ..ObjectMeta::default()
         },
-        spec: WorkerSpec {},
+        spec: WorkerSpec::default(),
         status: None,
     }
 }

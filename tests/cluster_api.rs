@@ -152,7 +152,7 @@ fn stand_in_worker(ns: &str, pool: &WorkerPool, uid: &str) -> Worker {
             ])),
             ..ObjectMeta::default()
         },
-        spec: WorkerSpec {},
+        spec: WorkerSpec::default(),
         status: None,
     }
 }

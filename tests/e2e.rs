@@ -672,3 +672,93 @@ async fn hooks_change_or_refuse_run_pods_before_they_exist() -> anyhow::Result<(
     );
     stack.ns.cleanup().await
 }
+
+#[tokio::test]
+async fn a_disruption_budget_over_run_pods_blocks_evicting_a_run_in_progress() -> anyhow::Result<()>
+{
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{EvictParams, PostParams};
+
+    let mut stack = Stack::new("e2e-pdb").await?;
+    stack.create_credentials("guarded", "guarded")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("guarded", "guarded", 1, ""))?;
+    stack.wait_registered("guarded", 1).await?;
+    // What the chart's pdb.enabled renders: every run Pod, maxUnavailable 0.
+    let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "run-pods"},
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchExpressions": [{"key": LABEL_WORKERPOOL, "operator": "Exists"}]},
+        },
+    }))?;
+    let budgets: Api<PodDisruptionBudget> = stack.ns.api();
+    budgets.create(&PostParams::default(), &budget).await?;
+
+    let run = stack.submit("guarded", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    // The disruption controller counts the run Pod through the Worker's scale subresource.
+    let status = wait_for("the budget to count the run Pod", WAIT, || async {
+        let status = budgets.get("run-pods").await?.status.unwrap_or_default();
+        Ok(
+            (status.expected_pods == Some(1) && status.current_healthy == Some(1))
+                .then_some(status),
+        )
+    })
+    .await?;
+    assert_eq!(status.disruptions_allowed, Some(0));
+    let sync_failed = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.reason == "SyncFailed");
+    assert!(!sync_failed, "the budget cannot find the Worker's scale");
+
+    // kube's client retries 429s by default (for minutes, honouring Retry-After): ask once.
+    let mut config = support::config().await?;
+    config.default_retry = false;
+    let once: Api<Pod> = Api::namespaced(kube::Client::try_from(config)?, &stack.ns.name);
+    let eviction = once.evict(&pod.name_any(), &EvictParams::default()).await;
+    assert!(
+        matches!(&eviction, Err(kube::Error::Api(status)) if status.code == 429),
+        "a drain must wait for the run: {eviction:?}"
+    );
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    stack.wait_run(&run.id, "succeeded").await?;
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn deleting_workers_while_the_backend_is_down_ends_after_the_deadline() -> anyhow::Result<()>
+{
+    let mut stack = Stack::new("e2e-dereg").await?;
+    stack.create_credentials("orphaned", "orphaned")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("orphaned", "orphaned", 1, ""))?;
+    stack.wait_registered("orphaned", 1).await?;
+    let worker = stack.worker_list().await?.remove(0);
+    // Nobody will confirm the deregistration now.
+    stack.broker.stop();
+    stack
+        .ns
+        .kubectl(["delete", "workerpool", "orphaned", "--wait=false"])?;
+    // The operator runs with --deregistration-timeout=5s.
+    wait_for("the Worker gone despite the backend", WAIT, || async {
+        Ok(stack.worker_list().await?.is_empty().then_some(()))
+    })
+    .await?;
+    let events = stack.ns.kubectl([
+        "get",
+        "events",
+        "--field-selector",
+        "reason=DeregistrationTimedOut",
+        "-o",
+        "custom-columns=OBJECT:.involvedObject.name,MESSAGE:.message",
+    ])?;
+    assert!(events.contains(&worker.name_any()), "{events}");
+    assert!(
+        events.contains("did not confirm the deregistration"),
+        "{events}"
+    );
+    stack.ns.cleanup().await
+}

@@ -132,6 +132,7 @@ async fn on_schedule(
         None => {
             let busy = WorkerStatus {
                 state: Some(WorkerState::Busy),
+                replicas: Some(1),
                 current_run_id: Some(schedule.run_id.clone()),
                 current_run: Some(CurrentRun {
                     run_id: schedule.run_id.clone(),

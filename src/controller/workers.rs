@@ -82,7 +82,7 @@ async fn create_worker_inner(
             finalizers: Some(vec![FINALIZER.to_string()]),
             ..ObjectMeta::default()
         },
-        spec: WorkerSpec {},
+        spec: WorkerSpec::default(),
         status: None,
     };
     let params = PostParams {
@@ -125,6 +125,7 @@ async fn create_worker_inner(
         WorkerStatus {
             state: Some(WorkerState::Idle),
             registered: Some(false),
+            replicas: Some(0),
             ..WorkerStatus::default()
         },
     )
@@ -315,6 +316,7 @@ pub fn released(worker: &Worker, pod_name: &str) -> Option<WorkerStatus> {
     };
     Some(WorkerStatus {
         state: Some(state),
+        replicas: Some(0),
         current_run_id: None,
         current_run: None,
         ..status

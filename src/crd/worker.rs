@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// while IDLE; a run Pod exists for it while it is BUSY.
 // Several printer columns share `type_`; clippy reads that as a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workers.spacelift.io",
     version = "v1beta1",
@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     derive = "Default",
     doc = "A worker of a WorkerPool, registered with the backend.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
     printcolumn(
         name = "Pool",
         type_ = "string",
@@ -31,7 +35,25 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Status", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Run ID", type_ = "string", json_path = ".status.currentRunID")
 )]
-pub struct WorkerSpec {}
+pub struct WorkerSpec {
+    /// How many run Pods the Worker has at a time: 1. It exists for the scale subresource,
+    /// through which a PodDisruptionBudget over run Pods counts them.
+    #[serde(default = "one_run_pod")]
+    #[schemars(range(min = 0, max = 1))]
+    pub replicas: i32,
+}
+
+fn one_run_pod() -> i32 {
+    1
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: one_run_pod(),
+        }
+    }
+}
 
 /// What a worker is doing.
 #[derive(
@@ -76,6 +98,9 @@ pub struct WorkerStatus {
     /// Whether the backend has accepted the worker's registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<bool>,
+    /// Run Pods the Worker has: 1 while it has a run, else 0 (the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// The run stage being processed, and its Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_run: Option<CurrentRun>,

@@ -46,7 +46,7 @@ fn worker() -> Worker {
             )])),
             ..ObjectMeta::default()
         },
-        spec: WorkerSpec {},
+        spec: WorkerSpec::default(),
         status: None,
     }
 }
