@@ -108,11 +108,7 @@ async fn the_seed_pool_registers_its_workers_with_their_own_keys() -> anyhow::Re
 
 #[tokio::test]
 async fn scale_down_never_deletes_a_busy_worker() -> anyhow::Result<()> {
-    let mut stack = Stack::new("e2e-scale").await?;
-    stack.create_credentials("scaling", "scaling")?;
-    stack.start_operator(&[])?;
-    stack.apply(&pool_yaml("scaling", "scaling", 2, ""))?;
-    stack.wait_registered("scaling", 2).await?;
+    let stack = Stack::with_pool("e2e-scale", "scaling", 2, "").await?;
 
     let run = stack.submit("scaling", RUNNER, &[]).await?;
     let pod = stack.wait_run_pod(&run.id).await?;
@@ -160,11 +156,7 @@ async fn scale_down_never_deletes_a_busy_worker() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn run_outcomes_are_reported_with_their_cause() -> anyhow::Result<()> {
-    let mut stack = Stack::new("e2e-runs").await?;
-    stack.create_credentials("runs", "runs")?;
-    stack.start_operator(&[])?;
-    stack.apply(&pool_yaml("runs", "runs", 4, ""))?;
-    stack.wait_registered("runs", 4).await?;
+    let stack = Stack::with_pool("e2e-runs", "runs", 4, "").await?;
 
     let cases = [
         (Finish::succeeded(), "succeeded", None, ""),
@@ -242,11 +234,7 @@ async fn run_outcomes_are_reported_with_their_cause() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_stop_request_deletes_the_pod_and_reports_stopped() -> anyhow::Result<()> {
-    let mut stack = Stack::new("e2e-stop").await?;
-    stack.create_credentials("stopping", "stopping")?;
-    stack.start_operator(&[])?;
-    stack.apply(&pool_yaml("stopping", "stopping", 1, ""))?;
-    stack.wait_registered("stopping", 1).await?;
+    let stack = Stack::with_pool("e2e-stop", "stopping", 1, "").await?;
     let run = stack.submit("stopping", RUNNER, &[]).await?;
     let pod = stack.wait_run_pod(&run.id).await?;
     workerpool_operator::backend::client::stop_run(&stack.backend_url, &run.id).await?;
@@ -679,11 +667,7 @@ async fn a_disruption_budget_over_run_pods_blocks_evicting_a_run_in_progress() -
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use kube::api::{EvictParams, PostParams};
 
-    let mut stack = Stack::new("e2e-pdb").await?;
-    stack.create_credentials("guarded", "guarded")?;
-    stack.start_operator(&[])?;
-    stack.apply(&pool_yaml("guarded", "guarded", 1, ""))?;
-    stack.wait_registered("guarded", 1).await?;
+    let stack = Stack::with_pool("e2e-pdb", "guarded", 1, "").await?;
     // What the chart's pdb.enabled renders: every run Pod, maxUnavailable 0.
     let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "run-pods"},
@@ -731,11 +715,7 @@ async fn a_disruption_budget_over_run_pods_blocks_evicting_a_run_in_progress() -
 #[tokio::test]
 async fn deleting_workers_while_the_backend_is_down_ends_after_the_deadline() -> anyhow::Result<()>
 {
-    let mut stack = Stack::new("e2e-dereg").await?;
-    stack.create_credentials("orphaned", "orphaned")?;
-    stack.start_operator(&[])?;
-    stack.apply(&pool_yaml("orphaned", "orphaned", 1, ""))?;
-    stack.wait_registered("orphaned", 1).await?;
+    let mut stack = Stack::with_pool("e2e-dereg", "orphaned", 1, "").await?;
     let worker = stack.worker_list().await?.remove(0);
     // Nobody will confirm the deregistration now.
     stack.broker.stop();

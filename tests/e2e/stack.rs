@@ -63,6 +63,22 @@ impl Stack {
         })
     }
 
+    /// The usual start of a scenario: credentials for pool `name` (in a Secret of the same
+    /// name), the operator, and the pool of `size` (plus `extra` spec YAML), registered.
+    pub async fn with_pool(
+        prefix: &str,
+        name: &str,
+        size: i32,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        let mut stack = Self::new(prefix).await?;
+        stack.create_credentials(name, name)?;
+        stack.start_operator(&[])?;
+        stack.apply(&pool_yaml(name, name, size, extra))?;
+        stack.wait_registered(name, size).await?;
+        Ok(stack)
+    }
+
     /// Starts the operator with test-friendly waits, plus `extra` flags.
     pub fn start_operator(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         if self.operator.is_some() {
