@@ -111,6 +111,9 @@ struct RunArgs {
     /// The cluster-wide plugins and Rego policies (YAML, see docs/plugins.md).
     #[arg(long)]
     hook_config: Option<PathBuf>,
+    /// Where compiled plugins are kept across restarts ("" keeps them in memory only).
+    #[arg(long, default_value = "/tmp/workerpool-operator/wasm-cache")]
+    plugin_cache_dir: PathBuf,
     /// How often the hook configuration and its ConfigMaps are re-read (Go duration).
     #[arg(long, default_value = "30s", value_parser = duration)]
     hook_reload_interval: Duration,
@@ -268,6 +271,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
         leader_election,
         hook_config: args.hook_config,
+        plugin_cache_dir: Some(args.plugin_cache_dir).filter(|d| !d.as_os_str().is_empty()),
         hook_namespace: std::env::var("POD_NAMESPACE").ok(),
         hook_reload: args.hook_reload_interval,
         controller,

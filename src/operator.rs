@@ -33,6 +33,8 @@ pub struct OperatorOptions {
     pub leader_election: Option<LeaseConfig>,
     /// The cluster-wide hook configuration file.
     pub hook_config: Option<PathBuf>,
+    /// Where compiled plugins are kept across restarts.
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Where the cluster-wide hooks' ConfigMaps live (the operator's namespace).
     pub hook_namespace: Option<String>,
     /// How often the cluster-wide hook configuration and its ConfigMaps are re-read.
@@ -71,8 +73,11 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     let hook_metrics = Arc::new(HookMetrics::register(&registry)?);
 
     let hook_config = read_hook_config(&options)?;
-    let host = WasmHost::new(hook_config.limits.host_limits())
-        .map_err(|e| OperatorError::WasmHost(e.to_string()))?;
+    let host = WasmHost::with_compile_cache(
+        hook_config.limits.host_limits(),
+        options.plugin_cache_dir.as_deref(),
+    )
+    .map_err(|e| OperatorError::WasmHost(e.to_string()))?;
     let hooks = Arc::new(HookRegistry::new(
         host,
         hook_metrics,

@@ -158,12 +158,29 @@ pub struct HostError(String);
 
 impl WasmHost {
     pub fn new(limits: HostLimits) -> Result<Arc<Self>, HostError> {
+        Self::with_compile_cache(limits, None)
+    }
+
+    /// A host that also keeps compiled modules on disk in `cache_dir`, keyed by module and
+    /// engine settings, so that a restarted operator loads its plugins instead of compiling
+    /// them again (seconds per plugin, see docs/plugins.md).
+    pub fn with_compile_cache(
+        limits: HostLimits,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Arc<Self>, HostError> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
             // Deep recursion in a plugin traps instead of exhausting the host thread's stack.
             .max_wasm_stack(1 << 20);
+        if let Some(dir) = cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(|e| HostError(format!("compile cache in {}: {e}", dir.display())))?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config).map_err(|e| HostError(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| HostError(e.to_string()))?;
@@ -385,6 +402,54 @@ mod tests {
         let b = host.compile(&bytes).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.digest().to_string().starts_with("sha256:"));
+    }
+
+    /// The compiled artifacts in a compile cache (not its bookkeeping files).
+    fn artifacts(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .flat_map(|e| {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    artifacts(&path)
+                } else if name.starts_with('.') || name.ends_with(".stats") {
+                    Vec::new()
+                } else {
+                    let modified = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    vec![(path, modified)]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compile_cache_keeps_compiled_modules_on_disk_for_the_next_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = MINIMAL.as_bytes().to_vec();
+        let first = WasmHost::with_compile_cache(HostLimits::default(), Some(dir.path())).unwrap();
+        first.compile(&bytes).unwrap();
+        let stored = artifacts(dir.path());
+        assert_eq!(
+            stored.len(),
+            1,
+            "one compiled module in the cache: {stored:?}"
+        );
+        // A new host (a restarted operator) with the same directory loads it from there.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = WasmHost::with_compile_cache(HostLimits::default(), Some(dir.path())).unwrap();
+        second.compile(&bytes).unwrap();
+        assert_eq!(
+            artifacts(dir.path()),
+            stored,
+            "the second host compiled and stored it again"
+        );
     }
 
     #[test]
