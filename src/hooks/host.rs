@@ -416,7 +416,8 @@ mod tests {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
                     artifacts(&path)
-                } else if name.starts_with('.') || name.ends_with(".stats") {
+                } else if name.contains('.') {
+                    // Bookkeeping: `.stats`, `.wip-*` temporaries, `.cleanup` markers.
                     Vec::new()
                 } else {
                     let modified = e
