@@ -52,7 +52,7 @@ enum Command {
         #[arg(long)]
         pool_ulid: Option<String>,
         /// The worker ULID to render with.
-        #[arg(long, default_value = "01HPS6K4BNB7BPHCDHDWFAMJNV")]
+        #[arg(long, default_value = render::PLACEHOLDER_WORKER_ULID)]
         worker_ulid: String,
         /// Run this WASM plugin over the Pod (repeatable, in order), with optional settings as
         /// JSON or YAML: `--plugin mirror.wasm='{"mirrors":{"docker.io":"m.example.com"}}'`.

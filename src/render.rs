@@ -21,14 +21,8 @@ pub struct RenderIds {
     pub worker_ulid: String,
 }
 
-impl Default for RenderIds {
-    fn default() -> Self {
-        Self {
-            pool_ulid: None,
-            worker_ulid: "01HPS6K4BNB7BPHCDHDWFAMJNV".into(),
-        }
-    }
-}
+/// The worker ULID a render uses unless told otherwise (the seed's example worker).
+pub const PLACEHOLDER_WORKER_ULID: &str = "01HPS6K4BNB7BPHCDHDWFAMJNV";
 
 /// The ULID used for a pool that has no `workers.spacelift.io/ulid` label and none was given.
 pub const PLACEHOLDER_POOL_ULID: &str = "01HPS9HDSWCQ73RPDTVAK0KK0A";

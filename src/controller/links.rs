@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -237,11 +236,6 @@ async fn republish_states(ctx: &Arc<Context>, pool: &Arc<PoolHandle>) {
     if let Err(err) = super::workers::report_all_states(ctx, pool).await {
         tracing::warn!(pool = %pool.key, error = %err, "could not report worker states to the backend; retrying at the next heartbeat");
     }
-}
-
-/// Waits (bounded) for a link to connect; used where an answer is worth a short wait.
-pub async fn connected_within(pool: &PoolHandle, wait: Duration) -> bool {
-    pool.link.wait_connected(wait).await.is_ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
