@@ -216,7 +216,7 @@ fn leaf_params(common_name: &str, usage: ExtendedKeyUsagePurpose, days: i64) -> 
 /// Valid from yesterday (clock skew) for `days`.
 fn set_validity(params: &mut CertificateParams, days: i64) {
     let today = jiff::Timestamp::now()
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .to_zoned(jiff::tz::TimeZone::UTC)
         .date();
     let from = today.yesterday().unwrap_or(today);
     let until = today
