@@ -68,6 +68,9 @@ impl PolicyEvalError {
 pub struct Policy {
     name: String,
     engine: Arc<Engine>,
+    /// Whether the policy declares a `deny` rule; without one it denies nothing. Decided at
+    /// compile time so that no evaluation error is ever mistaken for "no rule".
+    has_deny: bool,
     version: RegoVersion,
     timeout: Duration,
 }
@@ -117,10 +120,10 @@ impl Policy {
         });
         // Analyse and schedule the policy now, once, so each evaluation clones a prepared
         // engine. A policy without a `deny` rule is fine: it denies nothing.
-        if engine
+        let has_deny = engine
             .has_declared_rule_rooted_at(file, "deny")
-            .unwrap_or(false)
-        {
+            .map_err(|e| PolicyError::Prepare(format!("cannot look for a `deny` rule: {e:#}")))?;
+        if has_deny {
             engine
                 .compile_with_entrypoint(&DENY_RULE.into())
                 .map_err(|e| PolicyError::Prepare(format!("{e:#}")))?;
@@ -128,6 +131,7 @@ impl Policy {
         Ok(Self {
             name: name.to_string(),
             engine: Arc::new(engine),
+            has_deny,
             version,
             timeout,
         })
@@ -142,8 +146,12 @@ impl Policy {
         self.version
     }
 
-    /// Evaluates `deny` for `input` and returns its messages (empty: allowed).
+    /// Evaluates `deny` for `input` and returns its messages (empty: allowed). A policy without
+    /// a `deny` rule allows without being evaluated; with one, every evaluation error denies.
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<Vec<String>, PolicyEvalError> {
+        if !self.has_deny {
+            return Ok(Vec::new());
+        }
         let started = Instant::now();
         let mut engine = (*self.engine).clone();
         engine.set_input(Value::from(input.clone()));
@@ -161,11 +169,8 @@ impl Policy {
                     Err(PolicyEvalError::Timeout {
                         limit: self.timeout,
                     })
-                } else if text.contains("not a valid rule path") || text.contains("not found") {
-                    // No `deny` rule at all: nothing to deny.
-                    Ok(Vec::new())
                 } else {
-                    Err(PolicyEvalError::Failed(text))
+                    Err(PolicyEvalError::Failed(one_line(&text)))
                 }
             }
         }
@@ -304,6 +309,34 @@ mod tests {
     fn a_policy_without_deny_allows() {
         let policy = compile("package spacelift\nallow := true").unwrap();
         assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+        // Decided at compile time: its other rules are never evaluated, even broken ones.
+        let policy = compile("package spacelift\nimport rego.v1\nbroken := 1 / 0").unwrap();
+        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+        let policy = compile("package spacelift\nimport rego.v1\ndefault deny := false").unwrap();
+        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_evaluation_error_of_a_deny_rule_denies_whatever_its_text() {
+        // regorus quotes the offending value: an input of "not found" once made this error
+        // look like "no deny rule" and let the run through.
+        let policy = compile(
+            "package spacelift\nimport rego.v1\ndeny contains \"odd\" if 1 + input.note > 0",
+        )
+        .unwrap();
+        for note in ["not found", "not a valid rule path", "x"] {
+            let err = policy.evaluate(&json!({"note": note})).unwrap_err();
+            assert_eq!(err.kind(), "error");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "evaluation failed: test.rego:3:33: `add` expects numeric argument. Got `\"{note}\"` instead; the run is denied"
+                )
+            );
+        }
+        let policy =
+            compile("package spacelift\nimport rego.v1\ndeny contains \"x\" if 1 / 0 > 0").unwrap();
+        assert!(policy.evaluate(&json!({})).is_err());
     }
 
     #[test]
