@@ -106,7 +106,7 @@ pub fn workerpool_from_value(file: &str, document: Value) -> Result<WorkerPool, 
         path,
         message,
     };
-    if let Some((path, message)) = unknown_fields(&document, schema, "").into_iter().next() {
+    if let Some((path, message)) = schema_errors(&document, schema, "").into_iter().next() {
         return Err(field_error(path, message));
     }
     let pool: WorkerPool = deserialize_at_path(document).map_err(|(p, m)| field_error(p, m))?;
@@ -124,11 +124,19 @@ pub fn deserialize_at_path<T: DeserializeOwned>(value: Value) -> Result<T, (Stri
 
 /// The rules the CRD schema enforces in the apiserver, for offline use.
 fn validate(pool: &WorkerPool) -> Result<(), (&'static str, String)> {
-    if pool.spec.pool_size < 0 {
-        return Err((
-            "spec.poolSize",
-            format!("must be 0 or more, got {}", pool.spec.pool_size),
-        ));
+    for (path, ttl) in [
+        (
+            "spec.successfulPodsHistoryTTL",
+            &pool.spec.successful_pods_history_ttl,
+        ),
+        (
+            "spec.failedPodsHistoryTTL",
+            &pool.spec.failed_pods_history_ttl,
+        ),
+    ] {
+        if ttl.as_ref().is_some_and(|ttl| ttl.is_negative()) {
+            return Err((path, "must not be negative".into()));
+        }
     }
     if pool.spec.token.is_some() != pool.spec.private_key.is_some() {
         let (set, unset) = if pool.spec.token.is_some() {
@@ -146,8 +154,9 @@ fn validate(pool: &WorkerPool) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// Every field of `value` the schema does not know, as `(path, message)`.
-fn unknown_fields(value: &Value, schema: &Value, path: &str) -> Vec<(String, String)> {
+/// Every field of `value` the schema does not know, and every value outside the schema's
+/// `enum` or `minimum`, as `(path, message)`.
+fn schema_errors(value: &Value, schema: &Value, path: &str) -> Vec<(String, String)> {
     let join = |key: &str| {
         if path.is_empty() {
             key.to_string()
@@ -163,13 +172,13 @@ fn unknown_fields(value: &Value, schema: &Value, path: &str) -> Vec<(String, Str
             if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
                 map.iter()
                     .flat_map(|(key, child)| match properties.get(key) {
-                        Some(child_schema) => unknown_fields(child, child_schema, &join(key)),
+                        Some(child_schema) => schema_errors(child, child_schema, &join(key)),
                         None => vec![(join(key), unknown_field_message(key, properties.keys()))],
                     })
                     .collect()
             } else if let Some(values) = schema.get("additionalProperties") {
                 map.iter()
-                    .flat_map(|(key, child)| unknown_fields(child, values, &join(key)))
+                    .flat_map(|(key, child)| schema_errors(child, values, &join(key)))
                     .collect()
             } else {
                 Vec::new()
@@ -179,12 +188,31 @@ fn unknown_fields(value: &Value, schema: &Value, path: &str) -> Vec<(String, Str
             Some(item_schema) => items
                 .iter()
                 .enumerate()
-                .flat_map(|(i, item)| unknown_fields(item, item_schema, &format!("{path}[{i}]")))
+                .flat_map(|(i, item)| schema_errors(item, item_schema, &format!("{path}[{i}]")))
                 .collect(),
             None => Vec::new(),
         },
-        _ => Vec::new(),
+        scalar => scalar_error(scalar, schema)
+            .map(|message| (path.to_string(), message))
+            .into_iter()
+            .collect(),
     }
+}
+
+/// A scalar outside the schema's `enum` or below its `minimum`.
+fn scalar_error(value: &Value, schema: &Value) -> Option<String> {
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !value.is_null()
+        && !allowed.contains(value)
+    {
+        let allowed: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        return Some(format!(
+            "must be one of {}, got {value}",
+            allowed.join(", ")
+        ));
+    }
+    let minimum = schema.get("minimum").and_then(Value::as_f64)?;
+    (value.as_f64()? < minimum).then(|| format!("must be {minimum} or more, got {value}"))
 }
 
 fn unknown_field_message<'a>(key: &str, known: impl Iterator<Item = &'a String>) -> String {
@@ -283,6 +311,45 @@ mod tests {
             err,
             "pool.yaml: apiVersion: is \"v1\", expected \"workers.spacelift.io/v1beta1\""
         );
+    }
+
+    #[test]
+    fn values_the_schema_refuses_are_refused_offline_too() {
+        let cases = [
+            (
+                "pod:\n    workerContainer:\n      imagePullPolicy: Sometimes\n",
+                "spec.pod.workerContainer.imagePullPolicy: must be one of \"Always\", \"IfNotPresent\", \"Never\", got \"Sometimes\"",
+            ),
+            (
+                "pod:\n    activeDeadlineSeconds: 0\n",
+                "spec.pod.activeDeadlineSeconds: must be 1 or more, got 0",
+            ),
+            (
+                "successfulPodsHistoryTTL: 1d\n",
+                "spec.successfulPodsHistoryTTL: invalid unit",
+            ),
+            (
+                "failedPodsHistoryTTL: -1h\n",
+                "spec.failedPodsHistoryTTL: must not be negative",
+            ),
+        ];
+        for (spec, want) in cases {
+            let err = pool(&format!("{HEADER}spec:\n  {spec}")).unwrap_err();
+            assert!(
+                err.starts_with(&format!("pool.yaml: {want}")),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn nulls_read_as_the_default() {
+        let pool = pool(&format!(
+            "{HEADER}spec:\n  poolSize: null\n  plugins: null\n"
+        ))
+        .unwrap();
+        assert_eq!(pool.spec.pool_size, 1);
+        assert!(pool.spec.plugins.is_empty());
     }
 
     #[test]

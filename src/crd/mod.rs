@@ -4,7 +4,10 @@
 mod worker;
 mod workerpool;
 
-pub use worker::{CurrentRun, Worker, WorkerSpec, WorkerState, WorkerStatus};
+pub use worker::{
+    CurrentRun, DeniedBy, FINISHED_RUNS_KEPT, FinishedOutcome, FinishedRun, Worker, WorkerSpec,
+    WorkerState, WorkerStatus,
+};
 pub use workerpool::{
     ContainerOverride, DEFAULT_ACTIVE_DEADLINE_SECONDS, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
     PodTemplate, SecretKeyRef, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
@@ -46,6 +49,10 @@ fn to_manifest<T: serde::Serialize>(crd: &T) -> Result<String, yaml_serde::Error
 /// comments under it (YAML null) inside k8s-openapi types whose schemas do not allow null, and
 /// server-side apply refuses such a manifest otherwise. A null then reads as "unset", as it
 /// does for the Go operator.
+///
+/// Fields with a default are left alone: the apiserver drops a null there and applies the
+/// default, whereas a nullable field keeps the null, which the Rust type (a plain `i32` for
+/// `poolSize`) could not read.
 fn nullable_optionals(schema: &mut serde_json::Value) {
     use serde_json::Value;
     let required: Vec<String> = schema
@@ -61,6 +68,7 @@ fn nullable_optionals(schema: &mut serde_json::Value) {
         for (name, property) in properties.iter_mut() {
             if !required.contains(name)
                 && let Some(property) = property.as_object_mut()
+                && !property.contains_key("default")
             {
                 property.insert("nullable".into(), Value::Bool(true));
             }
@@ -84,7 +92,7 @@ mod tests {
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 committed == generated,
-                "{} is stale: regenerate it with `cargo run -- crds --out-dir crds`",
+                "{} is stale: regenerate it with `cargo run --bin workerpool-operator -- crds --out-dir crds`",
                 path.display()
             );
         }

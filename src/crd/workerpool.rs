@@ -39,7 +39,7 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
     printcolumn(
         name = "Desired pool size",
         type_ = "integer",
-        json_path = ".status.desiredPoolSize"
+        json_path = ".spec.poolSize"
     ),
     printcolumn(
         name = "Actual pool size",
@@ -47,14 +47,24 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
         json_path = ".status.actualPoolSize"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.token) == has(self.privateKey)").message(
-    "token and privateKey must be set together: both point at keys of the Secret created for the pool"
-))]
+#[x_kube(
+    validation = Rule::new("!has(self.token) || has(self.privateKey)")
+        .message("privateKey must be set when token is: both point at keys of the Secret created for the pool")
+        .field_path(".privateKey")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.privateKey) || has(self.token)")
+        .message("token must be set when privateKey is: both point at keys of the Secret created for the pool")
+        .field_path(".token")
+        .reason(Reason::FieldValueRequired)
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkerPoolSpec {
     /// poolSize specifies the current number of Workers that belong to the pool. Optional,
     /// defaults to 1 if not provided.
-    #[serde(default = "default_pool_size")]
+    #[serde(
+        default = "default_pool_size",
+        deserialize_with = "null_as_default_pool_size"
+    )]
     #[schemars(range(min = 0))]
     pub pool_size: i32,
 
@@ -97,6 +107,7 @@ pub struct WorkerPoolSpec {
         rename = "successfulPodsHistoryTTL",
         skip_serializing_if = "Option::is_none"
     )]
+    #[x_kube(validation = Rule::new(GO_DURATION_RULE).message(GO_DURATION_MESSAGE))]
     pub successful_pods_history_ttl: Option<kube::core::Duration>,
 
     /// failedPodsHistoryTTL removes failed run Pods this long after they finished, as a Go
@@ -106,6 +117,7 @@ pub struct WorkerPoolSpec {
         rename = "failedPodsHistoryTTL",
         skip_serializing_if = "Option::is_none"
     )]
+    #[x_kube(validation = Rule::new(GO_DURATION_RULE).message(GO_DURATION_MESSAGE))]
     pub failed_pods_history_ttl: Option<kube::core::Duration>,
 
     /// defaultRunnerImage is the runner image used when a run does not name one.
@@ -114,7 +126,11 @@ pub struct WorkerPoolSpec {
 
     /// plugins are WebAssembly hooks, in order, that may change or refuse this pool's run Pods
     /// before they are created. They run after the cluster-wide plugins.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub plugins: Vec<PluginSpec>,
 
     /// pod contains the spec of Pods that will be created to process Spacelift runs. This allows
@@ -123,8 +139,27 @@ pub struct WorkerPoolSpec {
     pub pod: Option<PodTemplate>,
 }
 
+/// A Go duration as `kube::core::Duration` reads it, without a sign (a TTL is never negative).
+const GO_DURATION_RULE: &str = r"self.matches('^(0|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')";
+const GO_DURATION_MESSAGE: &str =
+    r#"must be a Go duration such as "24h", "90m" or "1h30m" (units h, m, s, ms, us, ns; no days)"#;
+
 fn default_pool_size() -> i32 {
     1
+}
+
+/// `poolSize: null` in a file reads as the default, as the apiserver treats it.
+fn null_as_default_pool_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_else(default_pool_size))
+}
+
+/// `plugins: null` reads as no plugins (the field is nullable like every optional one).
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
 /// A reference to one key of a Secret in the pool's namespace.
@@ -144,10 +179,12 @@ pub struct PodTemplate {
     /// marked as failed. This can be used to set a deadline for your runs. The default is 70
     /// minutes (4200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
 
     /// terminationGracePeriodSeconds of the run Pod. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub termination_grace_period_seconds: Option<i64>,
 
     /// volumes allows additional volumes to be attached to the run Pod.
@@ -282,8 +319,9 @@ pub struct ContainerOverride {
     /// least-privileged context; overriding this may cause unexpected behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
-    /// imagePullPolicy of the container.
+    /// imagePullPolicy of the container: Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
     pub image_pull_policy: Option<String>,
 }
 
