@@ -75,7 +75,7 @@ pub fn violations(before: &Pod, after: &Pod) -> Vec<String> {
 
 /// Enforces `allowedRunnerImageHosts` on the final runner image.
 pub fn runner_image_allowed(image: &str, allowed: &[String]) -> Result<(), String> {
-    check_runner_image(image, allowed).map_err(|e| e.to_string())
+    check_runner_image(image, "the final runner image", allowed).map_err(|e| e.to_string())
 }
 
 /// The `worker` container's image, if there is one.

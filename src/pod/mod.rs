@@ -19,7 +19,7 @@ use crate::crd::{
     DEFAULT_ACTIVE_DEADLINE_SECONDS, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, LABEL_RUN_ID,
     LABEL_ULID, LABEL_WORKER, LABEL_WORKERPOOL, PodTemplate, Worker, WorkerPool,
 };
-use crate::protocol::{RunRef, RunSchedule};
+use crate::protocol::{RunRef, RunSchedule, check_stage};
 
 /// The user and group every run container runs as unless the pool says otherwise.
 pub const SPACELIFT_UID: i64 = 1983;
@@ -45,9 +45,9 @@ const BINARIES_VOLUME: &str = "binaries";
 pub enum BuildError {
     #[error("run id {0:?} is not a ULID: the backend must send a 26-character ULID as runId")]
     RunIdNotUlid(String),
-    #[error("run stage {0:?} cannot be part of a Pod name: use lowercase letters, digits and '-'")]
+    #[error("the run's stage {0}: it becomes part of the Pod name")]
     BadStage(String),
-    #[error("run attempt must be 1 or more, got 0")]
+    #[error("the run's attempt must be 1 or more, got 0")]
     ZeroAttempt,
     #[error(
         "no runner image: the run names none and the WorkerPool has no spec.defaultRunnerImage"
@@ -57,8 +57,12 @@ pub enum BuildError {
         "no launcher image: the run names none and the WorkerPool has no spec.pod.launcherImage"
     )]
     NoLauncherImage,
-    #[error("runner image: {0}")]
-    BadRunnerImage(ImageError),
+    #[error("{from} is not usable: {error}")]
+    BadRunnerImage {
+        /// Where the image came from: the run, the pool, or the hooks.
+        from: &'static str,
+        error: ImageError,
+    },
     #[error(
         "runner image {image:?} is hosted on {host:?}, which is not in spec.allowedRunnerImageHosts [{allowed}]: add the host there or use an image from an allowed registry"
     )]
@@ -107,11 +111,16 @@ pub fn build_pod(pool: &WorkerPool, worker: &Worker, run: &RunSchedule) -> Resul
     let launcher_image = non_empty(&template.launcher_image)
         .or(non_empty(&Some(run.launcher_image.clone())))
         .ok_or(BuildError::NoLauncherImage)?;
-    let runner_image = non_empty(&run.runner_image)
-        .or(non_empty(&pool.spec.default_runner_image))
-        .ok_or(BuildError::NoRunnerImage)?;
+    let (runner_image, source) = match non_empty(&run.runner_image) {
+        Some(image) => (image, "the run's runnerImage"),
+        None => (
+            non_empty(&pool.spec.default_runner_image).ok_or(BuildError::NoRunnerImage)?,
+            "spec.defaultRunnerImage",
+        ),
+    };
     check_runner_image(
         &runner_image,
+        source,
         pool.spec
             .allowed_runner_image_hosts
             .as_deref()
@@ -182,26 +191,24 @@ pub fn pod_name(run: &RunSchedule) -> Result<String, BuildError> {
         .run_id
         .parse()
         .map_err(|_| BuildError::RunIdNotUlid(run.run_id.clone()))?;
-    let stage = run.stage.to_ascii_lowercase();
-    let stage_ok = !stage.is_empty()
-        && stage.len() <= 40
-        && stage
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !stage.starts_with('-')
-        && !stage.ends_with('-');
-    if !stage_ok {
-        return Err(BuildError::BadStage(run.stage.clone()));
-    }
+    check_stage(&run.stage).map_err(BuildError::BadStage)?;
     if run.attempt == 0 {
         return Err(BuildError::ZeroAttempt);
     }
-    Ok(RunRef::new(&ulid.to_string(), &stage, run.attempt).pod_name())
+    Ok(RunRef::new(&ulid.to_string(), &run.stage, run.attempt).pod_name())
 }
 
 /// Checks a runner image against `allowedRunnerImageHosts` (empty allows every registry).
-pub fn check_runner_image(image: &str, allowed: &[String]) -> Result<(), BuildError> {
-    let reference = ImageReference::parse(image).map_err(BuildError::BadRunnerImage)?;
+/// `source` says where the image came from, for the error.
+pub fn check_runner_image(
+    image: &str,
+    source: &'static str,
+    allowed: &[String],
+) -> Result<(), BuildError> {
+    let reference = ImageReference::parse(image).map_err(|error| BuildError::BadRunnerImage {
+        from: source,
+        error,
+    })?;
     if reference.host_is_allowed(allowed) {
         Ok(())
     } else {

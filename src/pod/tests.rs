@@ -544,11 +544,11 @@ fn bad_run_identities_are_refused() {
         ),
         (
             |r| r.stage = "plan ning".into(),
-            BuildError::BadStage("plan ning".into()),
+            BuildError::BadStage(check_stage("plan ning").unwrap_err()),
         ),
         (
             |r| r.stage = String::new(),
-            BuildError::BadStage(String::new()),
+            BuildError::BadStage(check_stage("").unwrap_err()),
         ),
         (|r| r.attempt = 0, BuildError::ZeroAttempt),
     ];
@@ -557,11 +557,31 @@ fn bad_run_identities_are_refused() {
         change(&mut bad);
         assert_eq!(build_pod(&pool(json!({})), &worker(), &bad), Err(want));
     }
+    // The same rule as the backend link's, so `render` refuses what the operator would.
     let mut upper = run();
     upper.stage = "PLANNING".into();
     assert_eq!(
-        pod_name(&upper).unwrap(),
-        "01hn37wc3mcne3cy9hahwrf06k-planning-2"
+        pod_name(&upper).unwrap_err().to_string(),
+        "the run's stage \"PLANNING\" must be 1-30 lowercase letters, digits or '-': it becomes part of the Pod name"
+    );
+}
+
+#[test]
+fn a_bad_runner_image_names_where_it_came_from() {
+    let mut bad = run();
+    bad.runner_image = Some("UPPER CASE".into());
+    let err = build_pod(&pool(json!({})), &worker(), &bad).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the run's runnerImage is not usable: image \"UPPER CASE\""),
+        "{err}"
+    );
+    bad.runner_image = None;
+    let err = build_pod(&pool(json!({"defaultRunnerImage": "a b"})), &worker(), &bad).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("spec.defaultRunnerImage is not usable:"),
+        "{err}"
     );
 }
 

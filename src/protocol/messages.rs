@@ -169,8 +169,13 @@ fn validate_run_id(run_id: &str) -> Result<(), (String, String)> {
     })
 }
 
-/// A stage becomes part of the Pod name `<run>-<stage>-<attempt>`: a DNS label fragment.
 fn validate_stage(stage: &str) -> Result<(), (String, String)> {
+    check_stage(stage).map_err(|problem| ("body.stage".into(), problem))
+}
+
+/// A stage becomes part of the Pod name `<run>-<stage>-<attempt>`: a DNS label fragment.
+/// Shared by the decoder and the Pod builder, so `render` refuses what the link refuses.
+pub fn check_stage(stage: &str) -> Result<(), String> {
     let ok = !stage.is_empty()
         && stage.len() <= 30
         && stage
@@ -181,9 +186,8 @@ fn validate_stage(stage: &str) -> Result<(), (String, String)> {
     if ok {
         Ok(())
     } else {
-        Err((
-            "body.stage".into(),
-            format!("{stage:?} must be 1-30 lowercase letters, digits or '-'"),
+        Err(format!(
+            "{stage:?} must be 1-30 lowercase letters, digits or '-'"
         ))
     }
 }

@@ -17,7 +17,7 @@ pub use codec::{
 pub use messages::{
     Body, DenyReason, FailureCause, Outcome, PodCreated, PoolStatus, RunDenied, RunFinished,
     RunRef, RunStop, Scope, WorkerDeregister, WorkerDeregistered, WorkerRegister, WorkerRegistered,
-    WorkerState, WorkerStatus,
+    WorkerState, WorkerStatus, check_stage,
 };
 pub use run::RunSchedule;
 pub use topic::{Direction, Topic, TopicError, backend_subscription, pool_subscriptions};
