@@ -1,4 +1,5 @@
-//! The `workerpool-operator` command line, as a user runs it: `crds` and `render`.
+//! The `workerpool-operator` command line, as a user runs it: `crds`, `render` (with and without
+//! hooks) and `plugin check`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,4 +135,109 @@ fn render_refuses_bad_input_naming_the_file_and_field() {
         assert!(stderr.starts_with("error: "), "{stderr}");
         assert!(stderr.contains(want), "expected {want:?} in {stderr:?}");
     }
+}
+
+/// `plugins/target/wasm/<name>.wasm`, after building the example plugins once per process.
+fn example_plugin(name: &str) -> String {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(repo("plugins/build"))
+            .arg("--quiet")
+            .status()
+            .expect("plugins/build runs");
+        assert!(status.success(), "plugins/build failed");
+    });
+    repo(&format!("plugins/target/wasm/{name}.wasm"))
+        .display()
+        .to_string()
+}
+
+fn render_with_hooks(hooks: &[&str]) -> (bool, String, String) {
+    let pool = repo("tests/fixtures/seed/create-a-workerpool.yaml");
+    let run = repo("tests/fixtures/runs/preparing.json");
+    let mut args = vec![
+        "render",
+        "--pool",
+        pool.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(hooks);
+    operator(&args)
+}
+
+#[test]
+fn render_runs_plugins_over_the_pod_and_prints_the_trail() {
+    let plugin = format!(
+        r#"{}={{"mirrors":{{"public.ecr.aws":"mirror.example.com/ecr"}}}}"#,
+        example_plugin("registry-mirror")
+    );
+    let (ok, pod, trail) = render_with_hooks(&["--plugin", &plugin]);
+    assert!(ok, "{trail}");
+    let images: Vec<&str> = pod
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(images.len(), 3, "{pod}");
+    assert!(
+        images
+            .iter()
+            .all(|i| i.starts_with("mirror.example.com/ecr/spacelift/")),
+        "{images:?}"
+    );
+    assert!(
+        trail.contains("cluster plugin") && trail.contains("registry-mirror"),
+        "{trail}"
+    );
+    assert!(pod.contains("workers.spacelift.io/hooks"), "{pod}");
+}
+
+#[test]
+fn render_with_a_denying_policy_exits_non_zero_with_the_reason() {
+    let policy = repo("policies/pinned-runner-images.rego");
+    let (ok, pod, stderr) = render_with_hooks(&["--policy", policy.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(pod.is_empty(), "no Pod is printed for a denied run: {pod}");
+    assert!(
+        stderr.contains(
+            r#"run denied by cluster policy "pinned-runner-images.rego": runner image "public.ecr.aws/spacelift/runner-terraform:latest" floats"#
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_check_prints_the_modules_contract_and_refuses_bad_settings() {
+    let plugin = example_plugin("registry-mirror");
+    let (ok, out, err) = operator(&[
+        "plugin",
+        "check",
+        &plugin,
+        "--settings",
+        r#"{"mirrors":{"docker.io":"m.example.com"}}"#,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("abi       workerpool_abi_v1"), "{out}");
+    assert!(out.contains("evaluate, validate_settings"), "{out}");
+    assert!(out.contains("settings  valid"), "{out}");
+
+    let (ok, _, err) = operator(&[
+        "plugin",
+        "check",
+        &plugin,
+        "--settings",
+        r#"{"mirrors":{}}"#,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("its settings were rejected: mirrors must map at least one registry host"),
+        "{err}"
+    );
+
+    let (ok, _, err) = operator(&["plugin", "check", repo("Cargo.toml").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("Cargo.toml: the module is not valid WebAssembly"),
+        "{err}"
+    );
 }
