@@ -245,8 +245,78 @@ fn the_seed_autoscaler_annotations_are_settable() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The manager rules of the RBAC table in docs/helm.md, as sorted (group, resource, verb)
+/// triples. A row with an empty group or resource cell continues the one above.
+fn documented_manager_triples() -> anyhow::Result<Vec<(String, String, String)>> {
+    let doc = std::fs::read_to_string(support::repo_root().join("docs/helm.md"))?;
+    let table = doc
+        .split("## RBAC")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("docs/helm.md has no RBAC section"))?;
+    let (mut group, mut resource) = (String::new(), String::new());
+    let mut triples = Vec::new();
+    for row in table
+        .lines()
+        .skip_while(|l| !l.starts_with("| ---"))
+        .skip(1)
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if cells.len() < 5 {
+            break;
+        }
+        if !cells[1].is_empty() {
+            group = cells[1].trim_end_matches(" (core)").replace("\"\"", "");
+        }
+        if !cells[2].is_empty() {
+            resource = cells[2].to_string();
+        }
+        if ["workers.spacelift.io", "", "events.k8s.io"].contains(&group.as_str()) {
+            for verb in cells[3].split(", ") {
+                triples.push((group.clone(), resource.clone(), verb.to_string()));
+            }
+        }
+    }
+    triples.sort();
+    Ok(triples)
+}
+
+#[test]
+fn changing_the_hook_limits_rolls_the_operator_pod() -> anyhow::Result<()> {
+    let checksum = |args: &[&str]| -> anyhow::Result<String> {
+        let r = render(args)?;
+        Ok(
+            r.deployment()?["spec"]["template"]["metadata"]["annotations"]["checksum/hook-limits"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let default = checksum(&[])?;
+    assert_eq!(default.len(), 64, "{default:?}");
+    assert_ne!(
+        checksum(&["--set", "hooks.limits.pluginMemoryLimitMib=32"])?,
+        default
+    );
+    // Plugins reload without a restart, so adding one leaves the Pod alone.
+    assert_eq!(
+        checksum(&[
+            "--set",
+            "hooks.plugins[0].name=p",
+            "--set",
+            "hooks.plugins[0].configMap=p"
+        ])?,
+        default
+    );
+    Ok(())
+}
+
 #[test]
 fn rbac_grants_exactly_the_documented_verbs() -> anyhow::Result<()> {
+    assert_eq!(
+        documented_manager_triples()?,
+        manager_triples(),
+        "docs/helm.md"
+    );
     let r = render(&[])?;
     assert_eq!(
         rule_triples(r.get("ClusterRole", "-manager-role")?),
