@@ -111,12 +111,25 @@ where
     }
 }
 
-fn log_result<T: Debug, E: std::fmt::Display>(
+/// Logs what the controller stream reports besides reconciles: a failing watch (e.g. the
+/// ServiceAccount may not list a resource) is a warning, as nothing is reconciled while it
+/// lasts; a failed reconcile was logged by [`error_policy`] already.
+fn log_result<T: Debug, E1: std::error::Error, E2: std::error::Error>(
     controller: &'static str,
-) -> impl FnMut(Result<T, E>) -> std::future::Ready<()> {
+) -> impl FnMut(Result<T, kube::runtime::controller::Error<E1, E2>>) -> std::future::Ready<()> {
+    use kube::runtime::controller::Error;
     move |result| {
-        if let Err(err) = result {
-            tracing::debug!(controller, error = %err, "controller event");
+        match result {
+            Err(Error::QueueError(err)) => {
+                tracing::warn!(controller, error = %err, "watching failed; retrying")
+            }
+            Err(err @ Error::ObjectNotFound(_)) => {
+                tracing::debug!(controller, error = %err, "controller event")
+            }
+            Err(err @ Error::RunnerError(_)) => {
+                tracing::warn!(controller, error = %err, "controller runner failed")
+            }
+            Err(Error::ReconcilerFailed(..)) | Ok(_) => {}
         }
         std::future::ready(())
     }
