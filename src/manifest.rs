@@ -405,17 +405,19 @@ mod tests {
             .map(|f| load_workerpool(f).unwrap_err().to_string())
             .collect();
         assert_eq!(errors.len(), 2);
-        // "spec:\n  ...\n  keepSuccessfulPods: true" is not YAML.
+        // "spec:\n  ...\n  keepSuccessfulPods: true" is not YAML: the key on line 9.
         assert!(
-            errors[0].contains("inspecting-successful-run-pods.yaml: not valid YAML")
-                && errors[0].contains("line"),
+            errors[0].ends_with(
+                "inspecting-successful-run-pods.yaml: not valid YAML: mapping values are not allowed in this context at line 9 column 21"
+            ),
             "{}",
             errors[0]
         );
-        // The seed's VCS agents example lacks a closing quote.
+        // The seed's VCS agents example lacks a closing quote: the value on line 22.
         assert!(
-            errors[1].contains("vcs-agents.yaml: not valid YAML")
-                && errors[1].contains("quoted scalar"),
+            errors[1].ends_with(
+                "vcs-agents.yaml: not valid YAML: found unexpected end of stream at line 23 column 1, while scanning a quoted scalar at line 22 column 18"
+            ),
             "{}",
             errors[1]
         );
