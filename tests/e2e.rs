@@ -9,12 +9,18 @@ mod stack;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use ulid::Ulid;
+use workerpool_operator::backend::state::StateDir;
 use workerpool_operator::crd::{
     ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, WorkerState,
 };
+use workerpool_operator::credentials::BrokerUrl;
+use workerpool_operator::link::{BackendEndpoint, BackendLink, LinkOptions};
+use workerpool_operator::protocol::{Body, Message, RunSchedule};
 
 use stack::{Stack, WAIT, pool_yaml};
 use support::{Finish, Outcome, wait_for};
@@ -442,6 +448,112 @@ async fn a_controller_killed_mid_run_reports_the_outcome_and_never_creates_a_sec
         .await?;
     stack.wait_run(&second.id, "succeeded").await?;
     stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_schedule_redelivered_after_its_run_ended_creates_no_second_pod() -> anyhow::Result<()> {
+    // Successful Pods are deleted (keepSuccessfulPods is off), so the Pod name is free again.
+    let mut stack = Stack::new("e2e-redeliver").await?;
+    let pool_ulid = stack.create_credentials("again", "again")?;
+    stack.start_operator(&[])?;
+    stack.apply(&pool_yaml("again", "again", 1, ""))?;
+    stack.wait_registered("again", 1).await?;
+
+    let run = stack.submit("again", RUNNER, &[]).await?;
+    let pod = stack.wait_run_pod(&run.id).await?;
+    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
+    let ended = stack.wait_run(&run.id, "succeeded").await?;
+    let run_pods = ListParams::default().labels(&format!("{LABEL_RUN_ID}={}", run.id));
+    wait_for("the successful Pod deleted", WAIT, || async {
+        Ok(stack
+            .pods()
+            .list(&run_pods)
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+
+    // A restarted operator has forgotten which schedules it handled; the same schedule arrives
+    // again (a broker redelivery, a backend re-sending it).
+    stack.restart_operator()?;
+    let worker = ended.worker_id.clone().unwrap_or_default().parse()?;
+    let schedule = RunSchedule {
+        run_id: ended.id.clone(),
+        stage: ended.stage.clone(),
+        attempt: ended.attempt,
+        runner_image: ended.runner_image.clone(),
+        launcher_image: ended.launcher_image.clone(),
+        run_timeout_seconds: None,
+        logs_timeout_seconds: None,
+        metadata: Default::default(),
+    };
+    publish_as_backend(&stack, pool_ulid.parse()?, worker, schedule).await?;
+
+    let answer = wait_for(
+        "the operator to answer the schedule again",
+        WAIT,
+        || async {
+            if !stack.pods().list(&run_pods).await?.items.is_empty() {
+                return Ok(Some("a second Pod"));
+            }
+            Ok(stack
+                .operator_log()
+                .contains("already finished: re-sending its report")
+                .then_some("the recorded report"))
+        },
+    )
+    .await
+    .with_context(|| stack.diagnostics())?;
+    assert_eq!(answer, "the recorded report", "{}", stack.diagnostics());
+    // Give a wrongly accepted schedule time to show in the backend's history.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let history = stack.run(&run.id).await?;
+    let kinds: Vec<&str> = history.events.iter().map(|e| e.kind.as_str()).collect();
+    let count = |prefix: &str| kinds.iter().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(
+        count("run.podCreated"),
+        1,
+        "one Pod was reported: {kinds:?}"
+    );
+    assert_eq!(count("run.accepted"), 1, "accepted once: {kinds:?}");
+    assert_eq!(history.state, "succeeded");
+    assert!(stack.pods().list(&run_pods).await?.items.is_empty());
+    let worker = stack.worker_list().await?.remove(0);
+    assert_eq!(
+        worker.status.unwrap_or_default().state,
+        Some(WorkerState::Idle),
+        "the worker did not take the finished run again"
+    );
+    stack.ns.cleanup().await
+}
+
+/// Publishes a schedule to a worker as the backend does: with the backend's certificate, under
+/// a client id of its own (the running backend keeps its session).
+async fn publish_as_backend(
+    stack: &Stack,
+    pool: Ulid,
+    worker: Ulid,
+    schedule: RunSchedule,
+) -> anyhow::Result<()> {
+    let state = StateDir::new(&stack.broker.state_dir);
+    let endpoint = BackendEndpoint {
+        broker: BrokerUrl::parse(&stack.broker.url).map_err(anyhow::Error::msg)?,
+        tls: Some(state.backend_tls()?),
+        namespace: state.config()?.topic_namespace,
+    };
+    let options = LinkOptions {
+        client_id: Some(format!("e2e-{}", Ulid::generate())),
+        session_expiry: Duration::ZERO,
+        ..LinkOptions::default()
+    };
+    let (link, _inbound) = BackendLink::connect(&endpoint, options)?;
+    link.wait_connected(WAIT).await?;
+    let message = Message::for_worker(worker, Body::RunSchedule(schedule));
+    link.publish(pool, &message).await?;
+    link.shutdown().await;
+    Ok(())
 }
 
 #[tokio::test]

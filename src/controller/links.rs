@@ -186,7 +186,8 @@ fn credentials_fingerprint(credentials: &Credentials) -> u64 {
 /// Drains a pool's inbound messages. Messages are handled concurrently (one worker's messages
 /// in order, see `Context::worker_lock`) and acknowledged after their handler finishes, so a
 /// crash mid-way leaves them with the broker for redelivery. Each (re)connection republishes
-/// every worker's state so the backend can reconcile.
+/// every worker's state (and, after a reconnection, their recorded run reports) so the backend
+/// can reconcile.
 async fn dispatch(
     ctx: Arc<Context>,
     pool: Arc<PoolHandle>,
@@ -223,17 +224,17 @@ async fn dispatch(
                 if changed.is_err() { break }
                 let connected = state.borrow_and_update().is_connected();
                 if connected {
-                    republish_states(&ctx, &pool).await;
+                    republish_states(&ctx, &pool, true).await;
                 }
             }
-            _ = heartbeat.tick() => republish_states(&ctx, &pool).await,
+            _ = heartbeat.tick() => republish_states(&ctx, &pool, false).await,
         }
     }
     tracing::debug!(pool = %pool.key, "dispatcher stopped");
 }
 
-async fn republish_states(ctx: &Arc<Context>, pool: &Arc<PoolHandle>) {
-    if let Err(err) = super::workers::report_all_states(ctx, pool).await {
+async fn republish_states(ctx: &Arc<Context>, pool: &Arc<PoolHandle>, reconnected: bool) {
+    if let Err(err) = super::workers::report_all_states(ctx, pool, reconnected).await {
         tracing::warn!(pool = %pool.key, error = %err, "could not report worker states to the backend; retrying at the next heartbeat");
     }
 }

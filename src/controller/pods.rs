@@ -1,6 +1,7 @@
 //! The run Pod reconciler: reports how each run Pod ended, exactly once per Pod (the outcome is
-//! written onto the Pod before the worker is freed), frees its worker, and removes finished
-//! Pods as the pool's retention settings say.
+//! written onto the Pod before the worker is freed), frees its worker (recording the report in
+//! its status, see [`workers::release`]), and removes finished Pods as the pool's retention
+//! settings say.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -55,12 +56,11 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         .unwrap_or_default();
     let link = ctx.links.by_pool_id(&pool_ulid);
 
-    if pod.annotations().contains_key(ANNOTATION_OUTCOME) {
+    if let Some(reported) = pod.annotations().get(ANNOTATION_OUTCOME) {
         // Reported already: make sure the worker was freed (a crash may have come between),
         // then apply retention.
         let guard = ctx.worker_lock(&namespace, &worker_name).await;
-        let pod_name = pod.name_any();
-        workers::release(&ctx, link.as_deref(), &namespace, &worker_name, &pod_name).await?;
+        free_after_restart(&ctx, link.as_deref(), &pod, &worker_name, reported).await?;
         drop(guard);
         return retention(&ctx, &pod, &worker_name).await;
     }
@@ -88,7 +88,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             ))
         })?;
     let run = run_of(&pod);
-    super::runs::report_finished(&ctx, &link, worker_id, run, &ending).await?;
+    let record = super::runs::finished_record(&run, &pod.name_any(), &ending, now);
+    super::runs::report_finished(&ctx, &link, worker_id, &record).await?;
     tracing::info!(pod = %pod.name_any(), outcome = ?ending.outcome, cause = ?ending.cause, "{}", ending.message);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -107,12 +108,78 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             .await;
         }
     }
-    workers::release(&ctx, Some(&link), &namespace, &worker_name, &pod.name_any()).await?;
+    workers::release(&ctx, Some(&link), &namespace, &worker_name, record).await?;
     if ending.abandon {
         delete(&pods, &pod.name_any()).await?;
     }
     drop(_guard);
     retention(&ctx, &pod, &worker_name).await
+}
+
+/// The outcome of `pod` was reported, but its worker may still hold the run: a crash came
+/// between marking the Pod and freeing the worker. The worker is freed with a record of the
+/// outcome (read again from the Pod), and the report is sent again first: the original may
+/// have died queued in the crashed process. The backend ignores a copy.
+async fn free_after_restart(
+    ctx: &Arc<Context>,
+    link: Option<&super::PoolHandle>,
+    pod: &Pod,
+    worker_name: &str,
+    reported: &str,
+) -> Result<(), Error> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let pod_name = pod.name_any();
+    let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(worker) = workers_api.get_opt(worker_name).await? else {
+        return Ok(());
+    };
+    let holds_run = worker
+        .status
+        .as_ref()
+        .and_then(|s| s.current_run.as_ref())
+        .is_some_and(|r| r.pod_name == pod_name);
+    if !holds_run {
+        return Ok(());
+    }
+    let at = pod
+        .annotations()
+        .get(ANNOTATION_FINISHED_AT)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(Timestamp::now);
+    let ending = reported_ending(pod, reported, at, &ctx.config.waits);
+    let record = super::runs::finished_record(&run_of(pod), &pod_name, &ending, at);
+    if let Some(link) = link {
+        super::runs::report_finished(ctx, link, workers::worker_ulid(&worker)?, &record).await?;
+    }
+    workers::release(ctx, link, &namespace, worker_name, record).await
+}
+
+/// What was reported about a Pod marked `reported`: its status read again (a Pod that ended
+/// stays ended), or, for a stopped or unreadable one, the bare outcome.
+fn reported_ending(
+    pod: &Pod,
+    reported: &str,
+    at: Timestamp,
+    waits: &super::outcome::Waits,
+) -> super::outcome::Ending {
+    let outcome = match reported {
+        "succeeded" => Outcome::Succeeded,
+        "stopped" => Outcome::Stopped,
+        _ => Outcome::Failed,
+    };
+    if outcome != Outcome::Stopped
+        && let Verdict::Ended(ending) = classify(pod, at, waits)
+        && ending.outcome == outcome
+    {
+        return ending;
+    }
+    super::outcome::Ending {
+        outcome,
+        cause: None,
+        message: format!("the run Pod was reported {reported} before the operator restarted"),
+        exit_code: None,
+        abandon: false,
+    }
 }
 
 fn owner_worker(pod: &Pod) -> Option<String> {

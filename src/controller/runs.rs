@@ -3,7 +3,9 @@
 //! A schedule makes the worker BUSY (recorded in its status first, so a crash cannot lose it),
 //! runs the hook pipeline over the built Pod, creates the Pod under its deterministic name
 //! (a redelivered schedule finds it and changes nothing), and reports `run.accepted` and
-//! `run.podCreated`, or `run.denied` with every reason.
+//! `run.podCreated`, or `run.denied` with every reason. A schedule of a run stage the worker
+//! already finished (redelivered after its Pod was removed) creates nothing: the worker's
+//! status remembers what it reported, and that report is sent again.
 
 use std::sync::Arc;
 
@@ -20,12 +22,15 @@ use super::workers::{self, remove_finalizer, update_status, worker_ulid};
 use super::{
     ANNOTATION_SCHEDULED_AT, Context, Error, MANAGER, PoolHandle, ignore_not_found, is_conflict,
 };
-use crate::crd::{CurrentRun, Worker, WorkerPool, WorkerState, WorkerStatus};
+use crate::crd::{
+    CurrentRun, DeniedBy, FinishedOutcome, FinishedRun, Worker, WorkerPool, WorkerState,
+    WorkerStatus,
+};
 use crate::hooks::{Decision, HookInput};
 use crate::pod;
 use crate::protocol::{
-    Body, DenyReason, Message, Outcome, PodCreated, RunDenied, RunFinished, RunRef, RunSchedule,
-    RunStop,
+    Body, DenyReason, FailureCause, Message, Outcome, PodCreated, RunDenied, RunFinished, RunRef,
+    RunSchedule, RunStop,
 };
 
 /// The name under which the operator itself refuses a run (unknown worker, busy worker ...).
@@ -112,6 +117,11 @@ async fn on_schedule(
         }
     };
     let status = worker.status.clone().unwrap_or_default();
+    if let Some(done) = status.finished_runs.iter().find(|r| r.pod_name == pod_name) {
+        tracing::info!(pool = %pool.key, worker = %name, pod = %pod_name, outcome = ?done.outcome, "schedule of a run stage this worker already finished: re-sending its report instead of running it again");
+        pool.publish(&report_message(worker_id, done)).await?;
+        return Ok(());
+    }
     let worker = match &status.current_run {
         Some(current) if current.pod_name == pod_name => worker, // redelivery: carry on
         Some(current) => {
@@ -305,9 +315,13 @@ async fn refuse(
         format!("run {} denied: {note}", run.pod_name()),
     )
     .await;
-    deny(ctx, pool, worker_ulid(worker)?, run, reasons).await?;
+    let record = denied_record(run, pod_name, &reasons, Timestamp::now());
+    let worker_id = worker_ulid(worker)?;
+    tracing::warn!(pool = %pool.key, worker = %worker_id, run = %pod_name, ?reasons, "run denied");
+    count_outcome(ctx, pool, &record);
+    pool.publish(&report_message(worker_id, &record)).await?;
     let namespace = worker.namespace().unwrap_or_default();
-    workers::release(ctx, Some(pool), &namespace, &worker.name_any(), pod_name).await
+    workers::release(ctx, Some(pool), &namespace, &worker.name_any(), record).await
 }
 
 async fn on_stop(
@@ -348,8 +362,9 @@ async fn on_stop(
         abandon: false,
     };
     let run = RunRef::new(&current.run_id, &current.stage, current.attempt);
-    report_finished(ctx, pool, worker_id, run, &ending).await?;
-    workers::release(ctx, Some(pool), &namespace, &name, &current.pod_name).await
+    let record = finished_record(&run, &current.pod_name, &ending, Timestamp::now());
+    report_finished(ctx, pool, worker_id, &record).await?;
+    workers::release(ctx, Some(pool), &namespace, &name, record).await
 }
 
 /// Reports how a run stage attempt ended, and counts it.
@@ -357,27 +372,192 @@ pub async fn report_finished(
     ctx: &Context,
     pool: &PoolHandle,
     worker: Ulid,
-    run: RunRef,
-    ending: &Ending,
+    record: &FinishedRun,
 ) -> Result<(), Error> {
-    let cause_label = ending.cause.map(|c| format!("{c:?}")).unwrap_or_default();
-    let outcome_label = format!("{:?}", ending.outcome).to_lowercase();
-    pool.publish(&Message::for_worker(
-        worker,
-        Body::RunFinished(RunFinished {
-            run_id: run.run_id,
-            stage: run.stage,
-            attempt: run.attempt,
-            outcome: ending.outcome,
-            cause: ending.cause,
-            message: ending.message.clone(),
-            exit_code: ending.exit_code,
-        }),
-    ))
-    .await?;
+    pool.publish(&report_message(worker, record)).await?;
+    count_outcome(ctx, pool, record);
+    Ok(())
+}
+
+fn count_outcome(ctx: &Context, pool: &PoolHandle, record: &FinishedRun) {
+    let outcome = match record.outcome {
+        FinishedOutcome::Succeeded => "succeeded",
+        FinishedOutcome::Failed => "failed",
+        FinishedOutcome::Stopped => "stopped",
+        FinishedOutcome::Denied => "denied",
+    };
+    let cause = record
+        .cause
+        .as_deref()
+        .and_then(parse_cause)
+        .map(|c| format!("{c:?}"))
+        .unwrap_or_default();
     ctx.metrics
         .run_outcomes
-        .with_label_values(&[&pool.pool_id.to_string(), &outcome_label, &cause_label])
+        .with_label_values(&[&pool.pool_id.to_string(), outcome, &cause])
         .inc();
-    Ok(())
+}
+
+/// What the worker reports about a run stage that ended with `ending`, under a fresh message id.
+pub fn finished_record(
+    run: &RunRef,
+    pod_name: &str,
+    ending: &Ending,
+    at: Timestamp,
+) -> FinishedRun {
+    FinishedRun {
+        run_id: run.run_id.clone(),
+        stage: run.stage.clone(),
+        attempt: run.attempt,
+        pod_name: pod_name.to_string(),
+        message_id: Ulid::generate().to_string(),
+        finished_at: Time(at),
+        outcome: match ending.outcome {
+            Outcome::Succeeded => FinishedOutcome::Succeeded,
+            Outcome::Failed => FinishedOutcome::Failed,
+            Outcome::Stopped => FinishedOutcome::Stopped,
+        },
+        cause: ending.cause.and_then(cause_name),
+        message: ending.message.clone(),
+        exit_code: ending.exit_code,
+        denied_by: Vec::new(),
+    }
+}
+
+/// What the worker reports about a run stage whose Pod was refused, under a fresh message id.
+pub fn denied_record(
+    run: &RunRef,
+    pod_name: &str,
+    reasons: &[DenyReason],
+    at: Timestamp,
+) -> FinishedRun {
+    FinishedRun {
+        run_id: run.run_id.clone(),
+        stage: run.stage.clone(),
+        attempt: run.attempt,
+        pod_name: pod_name.to_string(),
+        message_id: Ulid::generate().to_string(),
+        finished_at: Time(at),
+        outcome: FinishedOutcome::Denied,
+        cause: None,
+        message: String::new(),
+        exit_code: None,
+        denied_by: reasons
+            .iter()
+            .map(|r| DeniedBy {
+                hook: r.hook.clone(),
+                message: r.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The `run.finished` or `run.denied` a record stands for, under the record's message id: a
+/// re-sent report is the same message, so a backend that applied it recognises the copy.
+pub fn report_message(worker: Ulid, record: &FinishedRun) -> Message {
+    let outcome = match record.outcome {
+        FinishedOutcome::Succeeded => Some(Outcome::Succeeded),
+        FinishedOutcome::Failed => Some(Outcome::Failed),
+        FinishedOutcome::Stopped => Some(Outcome::Stopped),
+        FinishedOutcome::Denied => None,
+    };
+    let body = match outcome {
+        Some(outcome) => Body::RunFinished(RunFinished {
+            run_id: record.run_id.clone(),
+            stage: record.stage.clone(),
+            attempt: record.attempt,
+            outcome,
+            cause: record.cause.as_deref().and_then(parse_cause),
+            message: record.message.clone(),
+            exit_code: record.exit_code,
+        }),
+        None => Body::RunDenied(RunDenied {
+            run_id: record.run_id.clone(),
+            stage: record.stage.clone(),
+            attempt: record.attempt,
+            reasons: record
+                .denied_by
+                .iter()
+                .map(|r| DenyReason {
+                    hook: r.hook.clone(),
+                    message: r.message.clone(),
+                })
+                .collect(),
+        }),
+    };
+    let mut message = Message::for_worker(worker, body);
+    if let Ok(id) = record.message_id.parse() {
+        message.id = id;
+    }
+    message
+}
+
+/// A failure cause as the protocol spells it, e.g. "OOMKilled".
+fn cause_name(cause: FailureCause) -> Option<String> {
+    serde_json::to_value(cause)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+fn parse_cause(name: &str) -> Option<FailureCause> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> RunRef {
+        RunRef::new("01HN37WC3MCNE3CY9HAHWRF06K", "preparing", 2)
+    }
+
+    #[test]
+    fn a_recorded_outcome_is_re_sent_as_the_same_message() {
+        let ending = Ending {
+            outcome: Outcome::Failed,
+            cause: Some(FailureCause::OomKilled),
+            message: "container init was OOMKilled".into(),
+            exit_code: Some(137),
+            abandon: false,
+        };
+        let record = finished_record(&run(), "p", &ending, Timestamp::UNIX_EPOCH);
+        assert_eq!(record.cause.as_deref(), Some("OOMKilled"));
+        let worker = Ulid::generate();
+        let first = report_message(worker, &record);
+        let again = report_message(worker, &record);
+        assert_eq!(first.id, again.id, "a re-sent report keeps its message id");
+        assert_eq!(first.id.to_string(), record.message_id);
+        assert_eq!(
+            first.body,
+            Body::RunFinished(RunFinished {
+                run_id: run().run_id,
+                stage: "preparing".into(),
+                attempt: 2,
+                outcome: Outcome::Failed,
+                cause: Some(FailureCause::OomKilled),
+                message: "container init was OOMKilled".into(),
+                exit_code: Some(137),
+            })
+        );
+    }
+
+    #[test]
+    fn a_recorded_denial_is_re_sent_with_every_reason() {
+        let reasons = vec![
+            DenyReason {
+                hook: "policy/initialization".into(),
+                message: "pin a tag".into(),
+            },
+            DenyReason {
+                hook: "kubernetes".into(),
+                message: "forbidden".into(),
+            },
+        ];
+        let record = denied_record(&run(), "p", &reasons, Timestamp::UNIX_EPOCH);
+        let message = report_message(Ulid::generate(), &record);
+        let Body::RunDenied(denied) = message.body else {
+            panic!("{:?}", message.body)
+        };
+        assert_eq!((denied.attempt, denied.reasons), (2, reasons));
+    }
 }

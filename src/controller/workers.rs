@@ -21,8 +21,8 @@ use super::{
     Context, Error, FINALIZER, MANAGER, PoolHandle, ignore_not_found, is_conflict, is_not_found,
 };
 use crate::crd::{
-    ANNOTATION_WORKERPOOL_NAME, CurrentRun, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool,
-    WorkerSpec, WorkerState, WorkerStatus,
+    ANNOTATION_WORKERPOOL_NAME, CurrentRun, FINISHED_RUNS_KEPT, FinishedRun, LABEL_ULID,
+    LABEL_WORKERPOOL, Worker, WorkerPool, WorkerSpec, WorkerState, WorkerStatus,
 };
 use crate::protocol::{self, Body, Message, RunRef, WorkerDeregister, WorkerRegister};
 
@@ -200,7 +200,16 @@ pub fn state_message(worker: &Worker) -> Result<Message, Error> {
 /// reconcile after a reconnect or a controller restart: no lost or phantom runs. Each worker is
 /// re-read under its lock, so a state sent here is never older than a run message sent by a
 /// handler (a stale IDLE after `run.accepted` would make the backend fail the run).
-pub async fn report_all_states(ctx: &Arc<Context>, link: &Arc<PoolHandle>) -> Result<(), Error> {
+///
+/// After a (re)connection (`reconnected`), the reports of the worker's recently finished runs
+/// go first, under their original message ids: a report still queued in a process that
+/// crashed was lost with it, and must reach the backend before the IDLE state that would
+/// otherwise make it fail the run as lost. A backend that has them already ignores the copies.
+pub async fn report_all_states(
+    ctx: &Arc<Context>,
+    link: &Arc<PoolHandle>,
+    reconnected: bool,
+) -> Result<(), Error> {
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &link.key.namespace);
     let selector = format!("{LABEL_WORKERPOOL}={}", link.pool_id);
     let names: Vec<String> = workers
@@ -221,6 +230,13 @@ pub async fn report_all_states(ctx: &Arc<Context>, link: &Arc<PoolHandle>) -> Re
         if worker.status.as_ref().and_then(|s| s.registered) != Some(true) {
             register_again(ctx, link, &worker).await?;
         } else {
+            if reconnected {
+                let worker_id = worker_ulid(&worker)?;
+                for finished in worker.status.iter().flat_map(|s| &s.finished_runs) {
+                    link.publish(&super::runs::report_message(worker_id, finished))
+                        .await?;
+                }
+            }
             link.publish(&state_message(&worker)?).await?;
         }
     }
@@ -302,36 +318,48 @@ pub async fn update_status(
     Err(Error::Conflict(format!("Worker {namespace}/{name}")))
 }
 
-/// The status of a worker that has finished (or given up) `pod_name`'s run: IDLE, or still
-/// DRAINING (the pool controller then deletes it).
-pub fn released(worker: &Worker, pod_name: &str) -> Option<WorkerStatus> {
+/// The status of a worker that has finished (or given up) the run of `finished.pod_name`: IDLE,
+/// or still DRAINING (the pool controller then deletes it), with `finished` at the end of its
+/// finished runs (the oldest forgotten beyond [`FINISHED_RUNS_KEPT`]).
+pub fn released(worker: &Worker, finished: &FinishedRun) -> Option<WorkerStatus> {
     let status = worker.status.clone().unwrap_or_default();
     let current = status.current_run.as_ref()?;
-    if current.pod_name != pod_name {
+    if current.pod_name != finished.pod_name {
         return None;
     }
     let state = match status.state {
         Some(WorkerState::Draining) => WorkerState::Draining,
         _ => WorkerState::Idle,
     };
+    let mut finished_runs: Vec<FinishedRun> = status
+        .finished_runs
+        .iter()
+        .filter(|r| r.pod_name != finished.pod_name)
+        .cloned()
+        .chain([finished.clone()])
+        .collect();
+    let excess = finished_runs.len().saturating_sub(FINISHED_RUNS_KEPT);
+    finished_runs.drain(..excess);
     Some(WorkerStatus {
         state: Some(state),
         replicas: Some(0),
         current_run_id: None,
         current_run: None,
+        finished_runs,
         ..status
     })
 }
 
-/// Frees a worker from `pod_name`'s run and tells the backend. A DRAINING worker is deleted.
+/// Frees a worker from the run of `finished.pod_name`, recording what was reported about it in
+/// the same status update, and tells the backend. A DRAINING worker is deleted.
 pub async fn release(
     ctx: &Arc<Context>,
     link: Option<&PoolHandle>,
     namespace: &str,
     worker: &str,
-    pod_name: &str,
+    finished: FinishedRun,
 ) -> Result<(), Error> {
-    let Some(updated) = update_status(ctx, namespace, worker, |w| released(w, pod_name)).await?
+    let Some(updated) = update_status(ctx, namespace, worker, |w| released(w, &finished)).await?
     else {
         return Ok(());
     };
@@ -485,7 +513,8 @@ async fn check_run_pod(
         abandon: false,
     };
     let run_ref = RunRef::new(&run.run_id, &run.stage, run.attempt);
-    super::runs::report_finished(ctx, link, worker_ulid(worker)?, run_ref, &ending).await?;
+    let record = super::runs::finished_record(&run_ref, &run.pod_name, &ending, Timestamp::now());
+    super::runs::report_finished(ctx, link, worker_ulid(worker)?, &record).await?;
     ctx.event(
         worker,
         EventType::Warning,
@@ -494,14 +523,7 @@ async fn check_run_pod(
         message,
     )
     .await;
-    release(
-        ctx,
-        Some(link),
-        &namespace,
-        &worker.name_any(),
-        &run.pod_name,
-    )
-    .await?;
+    release(ctx, Some(link), &namespace, &worker.name_any(), record).await?;
     Ok(Action::requeue(ctx.config.resync))
 }
 
@@ -547,4 +569,92 @@ async fn deregister(
     Ok(Action::requeue(
         (timeout - waited).min(Duration::from_secs(5)) + Duration::from_millis(100),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::FinishedOutcome;
+
+    fn record(pod_name: &str) -> FinishedRun {
+        FinishedRun {
+            run_id: "01HN37WC3MCNE3CY9HAHWRF06K".into(),
+            stage: "preparing".into(),
+            attempt: 1,
+            pod_name: pod_name.into(),
+            message_id: Ulid::generate().to_string(),
+            finished_at: Time(Timestamp::UNIX_EPOCH),
+            outcome: FinishedOutcome::Succeeded,
+            cause: None,
+            message: String::new(),
+            exit_code: None,
+            denied_by: Vec::new(),
+        }
+    }
+
+    fn busy_with(pod_name: &str, state: WorkerState, finished: usize) -> Worker {
+        let mut worker = Worker::new("w", WorkerSpec::default());
+        worker.status = Some(WorkerStatus {
+            state: Some(state),
+            current_run_id: Some("01HN37WC3MCNE3CY9HAHWRF06K".into()),
+            replicas: Some(1),
+            current_run: Some(CurrentRun {
+                run_id: "01HN37WC3MCNE3CY9HAHWRF06K".into(),
+                stage: "preparing".into(),
+                attempt: 1,
+                pod_name: pod_name.into(),
+                scheduled_at: Time(Timestamp::UNIX_EPOCH),
+                pod_created: true,
+            }),
+            finished_runs: (0..finished).map(|i| record(&format!("old-{i}"))).collect(),
+            ..WorkerStatus::default()
+        });
+        worker
+    }
+
+    #[test]
+    fn releasing_a_worker_records_the_finished_run_in_the_same_status() {
+        let finished = record("p");
+        let released = released(&busy_with("p", WorkerState::Busy, 0), &finished).unwrap();
+        assert_eq!(released.state, Some(WorkerState::Idle));
+        assert_eq!(
+            (released.current_run, released.current_run_id),
+            (None, None)
+        );
+        assert_eq!(released.replicas, Some(0));
+        assert_eq!(released.finished_runs, vec![finished]);
+    }
+
+    #[test]
+    fn a_draining_worker_stays_draining_when_released() {
+        let released = released(&busy_with("p", WorkerState::Draining, 0), &record("p")).unwrap();
+        assert_eq!(released.state, Some(WorkerState::Draining));
+    }
+
+    #[test]
+    fn finished_runs_are_bounded_oldest_forgotten_first() {
+        let worker = busy_with("p", WorkerState::Busy, FINISHED_RUNS_KEPT);
+        let released = released(&worker, &record("p")).unwrap();
+        let names: Vec<&str> = released
+            .finished_runs
+            .iter()
+            .map(|r| r.pod_name.as_str())
+            .collect();
+        assert_eq!(names.len(), FINISHED_RUNS_KEPT);
+        assert_eq!(names.first(), Some(&"old-1"), "old-0 is forgotten");
+        assert_eq!(names.last(), Some(&"p"));
+    }
+
+    #[test]
+    fn only_the_run_the_worker_holds_releases_it() {
+        assert_eq!(
+            released(&busy_with("p", WorkerState::Busy, 0), &record("other")),
+            None
+        );
+        let mut idle = busy_with("p", WorkerState::Idle, 0);
+        idle.status = Some(WorkerStatus::default());
+        assert_eq!(released(&idle, &record("p")), None);
+    }
 }

@@ -104,7 +104,17 @@ pub struct WorkerStatus {
     /// The run stage being processed, and its Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_run: Option<CurrentRun>,
+    /// The run stages this worker finished last (oldest first, at most
+    /// [`FINISHED_RUNS_KEPT`]) and what it reported about each, written in the same update that
+    /// frees the worker. A schedule redelivered after its run ended is answered from here
+    /// instead of running the stage again, and the reports are re-sent on every reconnection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub finished_runs: Vec<FinishedRun>,
 }
+
+/// How many finished run stages a Worker's status remembers.
+pub const FINISHED_RUNS_KEPT: usize = 10;
 
 /// The run stage a worker is processing.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -125,4 +135,62 @@ pub struct CurrentRun {
     /// Whether the run Pod has been created (a missing Pod then means it was deleted).
     #[serde(default)]
     pub pod_created: bool,
+}
+
+/// A run stage a worker finished, and the report it sent about it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishedRun {
+    /// The run's ULID.
+    pub run_id: String,
+    /// The run stage, e.g. "preparing".
+    pub stage: String,
+    /// The attempt of this stage.
+    #[schemars(range(min = 1), extend("format" = "int32"))]
+    pub attempt: u32,
+    /// The run Pod's name.
+    pub pod_name: String,
+    /// The id of the message that reported it; a re-sent report keeps it, so a backend that
+    /// applied it already recognises the copy.
+    pub message_id: String,
+    /// When it was reported.
+    pub finished_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What was reported: `run.finished` with succeeded, failed or stopped, or `run.denied`.
+    pub outcome: FinishedOutcome,
+    /// Why it failed (the `cause` of `run.finished`), e.g. "OOMKilled".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The reported detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The `worker` container's exit code, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the run was denied: one entry per refusing hook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_by: Vec<DeniedBy>,
+}
+
+/// How a run stage ended, as reported to the backend.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FinishedOutcome {
+    /// `run.finished`, outcome succeeded.
+    Succeeded,
+    /// `run.finished`, outcome failed.
+    Failed,
+    /// `run.finished`, outcome stopped.
+    Stopped,
+    /// `run.denied`: the Pod was refused before it existed.
+    Denied,
+}
+
+/// One hook's refusal of a run Pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeniedBy {
+    /// The hook, e.g. "policy/initialization".
+    pub hook: String,
+    /// What it said.
+    pub message: String,
 }

@@ -32,7 +32,8 @@
 //!   controller's deterministic Pod names are the guarantee.
 //! - **Outbound.** [`PoolLink::publish`] queues a QoS 1 publish; rumqttc retransmits it after a
 //!   reconnect. Publishes still queued when the process dies are lost, which is why the
-//!   controller republishes every worker's state on start.
+//!   controller keeps every run report in the Worker's status and re-sends the reports and
+//!   every worker's state on each (re)connection.
 //! - **Bad payloads** (oversized, malformed, unknown version or type, wrong topic) are
 //!   acknowledged and dropped with a log line naming the topic and the reason, and counted in
 //!   `workerpool_link_messages_dropped_total{reason}`. The link keeps working.

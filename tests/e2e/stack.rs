@@ -107,7 +107,7 @@ impl Stack {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        let child = Command::new(operator_binary())
             .args(&self.operator_args)
             .env("KUBECONFIG", &support::cluster().kubeconfig)
             .env("RUST_LOG", "info,workerpool_operator=debug")
@@ -310,7 +310,7 @@ impl Replica {
         let mut args = stack.operator_args.clone();
         args.retain(|a| !a.starts_with("--leader"));
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        let child = Command::new(operator_binary())
             .args(&args)
             .env("KUBECONFIG", &support::cluster().kubeconfig)
             .env("RUST_LOG", "info,workerpool_operator=debug")
@@ -334,6 +334,15 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The operator binary cargo built for these tests, or `WORKERPOOL_OPERATOR_BIN` when set (a
+/// build directory shared by several checkouts may hold another checkout's build at the usual
+/// path by the time a test starts it).
+pub fn operator_binary() -> PathBuf {
+    std::env::var_os("WORKERPOOL_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_workerpool-operator")))
 }
 
 /// A child process killed when dropped, so a failing test leaves no operator behind.
