@@ -1,15 +1,17 @@
 //! One backend link per pool: connected when the pool's credentials decode, replaced when the
-//! Secret changes, and drained by a dispatcher that hands every inbound message to
-//! [`super::runs`] and acknowledges it only once it has been handled.
+//! Secret changes or (after a backoff) when its first connection failed, and drained by a
+//! dispatcher that hands every inbound message to [`super::runs`] and acknowledges it only once
+//! it has been handled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use ulid::Ulid;
 
-use super::Context;
+use super::{Context, Error};
 use crate::credentials::Credentials;
 use crate::link::{Inbound, LinkError, LinkOptions, LinkState, PoolLink};
 use crate::protocol::Message;
@@ -34,6 +36,10 @@ pub struct PoolHandle {
     pub link: PoolLink,
     fingerprint: u64,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
+    /// Links before this one that failed their first connection, in a row.
+    failures: u32,
+    /// When this link gave up its first connection ([`LinkState::Failed`]).
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl PoolHandle {
@@ -72,7 +78,9 @@ impl LinkManager {
         }
     }
 
-    /// The pool's link, connecting (or reconnecting with new credentials) as needed.
+    /// The pool's link, connecting (or reconnecting with new credentials) as needed. A link
+    /// whose first connection failed is replaced by a fresh one once it has been failed for
+    /// [`retry_failed_link_after`] (growing with each failed link in a row).
     pub fn ensure(
         &self,
         ctx: &Arc<Context>,
@@ -90,10 +98,19 @@ impl LinkManager {
                 other: other.0.clone(),
             });
         }
+        let mut failures = 0;
         if let Some(existing) = pools.get(key)
             && existing.fingerprint == fingerprint
         {
-            return Ok(existing.clone());
+            record_failure(existing, &existing.state());
+            let failed_at = *lock(&existing.failed_at);
+            match failed_at {
+                Some(at) if at.elapsed() >= retry_failed_link_after(existing.failures) => {
+                    failures = existing.failures.saturating_add(1);
+                    tracing::info!(pool = %key, attempt = failures + 1, "the pool's first connection to the broker failed: connecting again");
+                }
+                _ => return Ok(existing.clone()),
+            }
         }
         let options = lock(&self.template).clone();
         let (link, inbound) = PoolLink::connect(credentials, options)?;
@@ -103,11 +120,15 @@ impl LinkManager {
             link,
             fingerprint,
             dispatcher: Mutex::new(None),
+            failures,
+            failed_at: Mutex::new(None),
         });
         let task = tokio::spawn(dispatch(ctx.clone(), handle.clone(), inbound));
         *lock(&handle.dispatcher) = Some(task);
         if let Some(old) = pools.insert(key.clone(), handle.clone()) {
-            tracing::info!(pool = %key, "pool credentials changed: replacing its backend link");
+            if old.fingerprint != fingerprint {
+                tracing::info!(pool = %key, "pool credentials changed: replacing its backend link");
+            }
             retire(old);
         }
         Ok(handle)
@@ -158,6 +179,25 @@ impl LinkManager {
     }
 }
 
+/// How long a link that failed its first connection stays failed before the next `ensure`
+/// replaces it with a fresh one (which again retries `first_connect_retries` times): a broker
+/// that comes up late is picked up, without hammering one that stays down.
+fn retry_failed_link_after(failures: u32) -> Duration {
+    crate::link::Backoff {
+        initial: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+        jitter: 0.0,
+    }
+    .delay(failures.saturating_add(1), 0.0)
+}
+
+/// Remembers when a link gave up its first connection.
+fn record_failure(handle: &PoolHandle, state: &LinkState) {
+    if matches!(state, LinkState::Failed { .. }) {
+        lock(&handle.failed_at).get_or_insert_with(Instant::now);
+    }
+}
+
 fn retire(handle: Arc<PoolHandle>) {
     if let Some(task) = lock(&handle.dispatcher).take() {
         task.abort();
@@ -183,17 +223,18 @@ fn credentials_fingerprint(credentials: &Credentials) -> u64 {
     hasher.finish()
 }
 
-/// Drains a pool's inbound messages. Messages are handled concurrently (one worker's messages
-/// in order, see `Context::worker_lock`) and acknowledged after their handler finishes, so a
-/// crash mid-way leaves them with the broker for redelivery. Each (re)connection republishes
-/// every worker's state (and, after a reconnection, their recorded run reports) so the backend
-/// can reconcile.
+/// Drains a pool's inbound messages. Messages are handled concurrently, except that one
+/// worker's messages are handled one after the other in the order they arrived (see [`Turns`]):
+/// a `run.stop` never overtakes its `run.schedule`. Each is acknowledged after its handler
+/// finishes, so a crash mid-way leaves it with the broker for redelivery. Each (re)connection
+/// re-sends every worker's state so the backend can reconcile.
 async fn dispatch(
     ctx: Arc<Context>,
     pool: Arc<PoolHandle>,
     mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
 ) {
     let limit = Arc::new(Semaphore::new(ctx.config.run_concurrency.max(1)));
+    let mut turns = Turns::default();
     let mut state = pool.link.state();
     let mut heartbeat = tokio::time::interval(ctx.config.heartbeat);
     heartbeat.tick().await;
@@ -201,36 +242,127 @@ async fn dispatch(
         tokio::select! {
             delivery = inbound.recv() => {
                 let Some(delivery) = delivery else { break };
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let (ctx, pool) = (ctx.clone(), pool.clone());
+                // Taken here, in arrival order; the handler waits for it before anything else.
+                let (previous, done) = match delivery.message.worker {
+                    Some(worker) => turns.take(worker),
+                    None => (None, None),
+                };
+                let (ctx, pool, limit) = (ctx.clone(), pool.clone(), limit.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    let kind = delivery.message.body.kind();
-                    match super::runs::handle(&ctx, &pool, &delivery.message).await {
-                        Ok(()) => {
-                            if let Err(err) = delivery.ack().await {
-                                tracing::warn!(pool = %pool.key, %kind, error = %err, "could not acknowledge a handled message; it will be redelivered and handled idempotently");
-                            }
-                        }
-                        Err(err) => {
-                            // Not acknowledged: the broker redelivers it after the next reconnect.
-                            ctx.metrics.reconcile_errors.with_label_values(&["message", err.metric_label()]).inc();
-                            tracing::error!(pool = %pool.key, %kind, error = %err, "handling a backend message failed; it stays unacknowledged for redelivery");
-                        }
+                    if let Some(previous) = previous {
+                        // Ok or Closed: either way the previous message is done with.
+                        let _ = previous.await;
                     }
+                    let Ok(_permit) = limit.acquire_owned().await else { return };
+                    handle_and_acknowledge(&ctx, &pool, delivery).await;
+                    drop(done);
                 });
             }
             changed = state.changed() => {
-                if changed.is_err() { break }
-                let connected = state.borrow_and_update().is_connected();
-                if connected {
+                if changed.is_err() {
+                    record_failure(&pool, &state.borrow());
+                    break;
+                }
+                let current = state.borrow_and_update().clone();
+                record_failure(&pool, &current);
+                if current.is_connected() {
                     republish_states(&ctx, &pool, true).await;
                 }
             }
-            _ = heartbeat.tick() => republish_states(&ctx, &pool, false).await,
+            _ = heartbeat.tick() => {
+                turns.prune();
+                republish_states(&ctx, &pool, false).await;
+            }
         }
     }
     tracing::debug!(pool = %pool.key, "dispatcher stopped");
+}
+
+/// Handles one message, retrying transient failures (the API server or the link briefly
+/// unavailable, a conflict) with capped backoff for up to [`RETRY_FOR`], then acknowledges it.
+/// A message that still fails stays unacknowledged, and the broker redelivers it after the
+/// next reconnect.
+async fn handle_and_acknowledge(ctx: &Arc<Context>, pool: &Arc<PoolHandle>, delivery: Inbound) {
+    let kind = delivery.message.body.kind();
+    let started = Instant::now();
+    let mut attempt: u32 = 0;
+    let result = loop {
+        let result = super::runs::handle(ctx, pool, &delivery.message).await;
+        let Err(err) = &result else { break result };
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&["message", err.metric_label()])
+            .inc();
+        attempt += 1;
+        let delay = RETRY_BACKOFF.next_delay(attempt);
+        if !transient(err) || started.elapsed() + delay > RETRY_FOR {
+            break result;
+        }
+        tracing::warn!(pool = %pool.key, %kind, error = %err, attempt, retry_in = ?delay, "handling a backend message failed; retrying");
+        tokio::time::sleep(delay).await;
+    };
+    match result {
+        Ok(()) => {
+            if let Err(err) = delivery.ack().await {
+                tracing::warn!(pool = %pool.key, %kind, error = %err, "could not acknowledge a handled message; it will be redelivered and handled idempotently");
+            }
+        }
+        Err(err) => {
+            tracing::error!(pool = %pool.key, %kind, error = %err, attempts = attempt, "handling a backend message failed; it stays unacknowledged for redelivery after the next reconnect");
+        }
+    }
+}
+
+/// Delays between attempts at handling one message.
+const RETRY_BACKOFF: crate::link::Backoff = crate::link::Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    jitter: 0.5,
+};
+
+/// How long one message is retried before it is left for redelivery.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Whether a handler error may go away by itself. Refusals that would only repeat (a request
+/// the API server rejects as invalid or forbidden, a message the link cannot send, objects
+/// missing our labels) are not retried.
+fn transient(err: &Error) -> bool {
+    match err {
+        Error::Kube(kube::Error::Api(status)) => {
+            !(400..500).contains(&status.code) || matches!(status.code, 401 | 408 | 409 | 429)
+        }
+        Error::Kube(_) => true,
+        Error::Link(LinkError::Closed) => false,
+        Error::Link(LinkError::Oversized { .. } | LinkError::Protocol(_)) => false,
+        Error::Link(_) => true,
+        Error::Unlabelled(_) => false,
+        Error::Key(_) | Error::NoLink(_) | Error::Conflict(_) | Error::Hooks(_) => true,
+    }
+}
+
+/// The order of each worker's messages: every message takes a turn on arrival and waits for
+/// the turn before it. A turn ends when its `done` sender is dropped (handled, given up, or
+/// the task aborted), so a failed message never blocks its worker for good.
+#[derive(Default)]
+struct Turns(HashMap<Ulid, oneshot::Receiver<()>>);
+
+impl Turns {
+    /// The end of the worker's previous turn to wait for, and the end of this one.
+    fn take(
+        &mut self,
+        worker: Ulid,
+    ) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+        let (done, ended) = oneshot::channel();
+        let previous = self.0.insert(worker, ended);
+        (previous, Some(done))
+    }
+
+    /// Forgets workers whose last message is done with.
+    fn prune(&mut self) {
+        self.0.retain(|_, ended| {
+            matches!(ended.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        });
+    }
 }
 
 async fn republish_states(ctx: &Arc<Context>, pool: &Arc<PoolHandle>, reconnected: bool) {
@@ -243,4 +375,70 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_link_is_retried_after_a_growing_capped_pause() {
+        let pauses: Vec<u64> = (0..8)
+            .map(|failures| retry_failed_link_after(failures).as_secs())
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            })))
+        };
+        for code in [409, 429, 500, 503] {
+            assert!(transient(&api(code)), "{code}");
+        }
+        for code in [400, 403, 404, 422] {
+            assert!(!transient(&api(code)), "{code}");
+        }
+        assert!(transient(&Error::Conflict("Worker a/b".into())));
+        assert!(!transient(&Error::Link(LinkError::Closed)));
+        assert!(!transient(&Error::Unlabelled("Pod p".into())));
+    }
+
+    #[tokio::test]
+    async fn one_workers_messages_take_their_turns_in_arrival_order() {
+        let mut turns = Turns::default();
+        let (a, b) = (Ulid::generate(), Ulid::generate());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // The first message of `a` is slow; its second and `b`'s must not overtake it wrongly.
+        for (worker, label, pause) in [(a, "a1", 50), (a, "a2", 0), (b, "b1", 0), (a, "a3", 0)] {
+            let (previous, done) = turns.take(worker);
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                lock(&order).push(label);
+                drop(done);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = lock(&order).clone();
+        let of_a: Vec<&str> = order
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with('a'))
+            .collect();
+        assert_eq!(of_a, ["a1", "a2", "a3"]);
+        assert_eq!(order[0], "b1", "another worker is not held up: {order:?}");
+        turns.prune();
+        assert!(turns.0.is_empty(), "finished turns are forgotten");
+    }
 }

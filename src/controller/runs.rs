@@ -35,6 +35,15 @@ use crate::protocol::{
 
 /// The name under which the operator itself refuses a run (unknown worker, busy worker ...).
 const OPERATOR_HOOK: &str = "operator";
+/// The name under which a run is refused when the API server refuses its Pod.
+const KUBERNETES_HOOK: &str = "kubernetes";
+
+/// Whether the API server's refusal to create a run Pod would only repeat: a 4xx other than
+/// 409 (the Pod exists), 429 (throttled), 408 (timeout) and 401 (our own credentials, which
+/// the client refreshes).
+fn refused_for_good(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 401 | 408 | 409 | 429)
+}
 
 /// Handles one inbound message. `Ok` means it may be acknowledged.
 pub async fn handle(
@@ -230,6 +239,15 @@ async fn on_schedule(
         }
         Err(err) if is_conflict(&err) => {
             tracing::info!(pool = %pool.key, pod = %pod_name, "run Pod already exists (redelivered schedule)");
+        }
+        Err(kube::Error::Api(status)) if refused_for_good(status.code) => {
+            // Asking again gets the same answer (an invalid Pod, an admission webhook or a
+            // quota saying no): the run cannot start, and the backend hears why.
+            let reasons = vec![DenyReason {
+                hook: KUBERNETES_HOOK.into(),
+                message: format!("creating the run Pod failed: {}", status.message),
+            }];
+            return refuse(ctx, pool, &worker, &run, &pod_name, reasons).await;
         }
         Err(err) => return Err(err.into()),
     }
@@ -539,6 +557,16 @@ mod tests {
                 exit_code: Some(137),
             })
         );
+    }
+
+    #[test]
+    fn only_pod_creations_refused_for_good_refuse_the_run() {
+        for code in [400, 403, 404, 422] {
+            assert!(refused_for_good(code), "{code}");
+        }
+        for code in [401, 408, 409, 429, 500, 503] {
+            assert!(!refused_for_good(code), "{code}");
+        }
     }
 
     #[test]

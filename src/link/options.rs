@@ -25,7 +25,8 @@ pub struct LinkOptions {
     pub receive_maximum: u16,
     /// Like the Go controller's `mqttReconnectRetryCount`: how many times to retry the
     /// *first* connection before giving up ([`LinkState::Failed`]). `None` retries forever.
-    /// Once connected, the link reconnects forever.
+    /// Once connected, the link reconnects forever. (The controller replaces a failed pool
+    /// link with a fresh one after a pause.)
     pub first_connect_retries: Option<u32>,
     /// Delays between connection attempts.
     pub backoff: Backoff,
