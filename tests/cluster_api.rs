@@ -154,6 +154,14 @@ async fn the_apiserver_refuses_bad_pools_naming_the_field() -> anyhow::Result<()
             "spec.pod.activeDeadlineSeconds: Invalid value: 0",
         ),
         (
+            "  plugins:\n  - configMap: mirror\n  - configMap: guard\n    name: mirror\n",
+            "spec.plugins: Invalid value: two plugins have the same name",
+        ),
+        (
+            "  plugins:\n  - configMap: \"\"\n",
+            "spec.plugins[0].configMap: Invalid value: \"\"",
+        ),
+        (
             "  poolSize: -1\n",
             "spec.poolSize: Invalid value: -1: spec.poolSize in body should be greater than or equal to 0",
         ),

@@ -131,6 +131,10 @@ pub struct WorkerPoolSpec {
         deserialize_with = "null_as_empty",
         skip_serializing_if = "Vec::is_empty"
     )]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(UNIQUE_PLUGIN_NAMES).message(
+        "two plugins have the same name (name, or configMap when name is unset): give each its own name"
+    ))]
     pub plugins: Vec<PluginSpec>,
 
     /// pod contains the spec of Pods that will be created to process Spacelift runs. This allows
@@ -138,6 +142,11 @@ pub struct WorkerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodTemplate>,
 }
+
+/// Each plugin's name (its `name`, else its ConfigMap) appears once: it keys events, metrics
+/// and the Pod's hook annotation.
+const UNIQUE_PLUGIN_NAMES: &str = "self.all(p, self.exists_one(q, \
+     (has(q.name) ? q.name : q.configMap) == (has(p.name) ? p.name : p.configMap)))";
 
 /// A Go duration as `kube::core::Duration` reads it, without a sign (a TTL is never negative).
 const GO_DURATION_RULE: &str = r"self.matches('^(0|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+)$')";

@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 pub struct PluginSpec {
     /// Name of the ConfigMap holding the module in `binaryData` (plain or gzip-compressed
     /// `.wasm`). For pool plugins the ConfigMap lives in the pool's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_SUBDOMAIN))]
     pub config_map: String,
     /// Key inside the ConfigMap's `binaryData`. Optional when the ConfigMap has a single key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Name shown in events, metrics and the Pod's hook annotation. Defaults to the ConfigMap name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub name: Option<String>,
     /// Plugin settings, passed to the plugin's `validate_settings` at load and to every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +34,9 @@ pub struct PluginSpec {
     #[schemars(range(min = 1, max = 1024), extend("format" = "int32"))]
     pub memory_limit_mib: Option<u32>,
 }
+
+/// A Kubernetes object name (RFC 1123 subdomain), as a ConfigMap's name must be.
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// What a plugin failure means for the run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
