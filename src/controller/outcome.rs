@@ -464,6 +464,62 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_node_fails_the_run() {
+        // The node controller marks the Pod Failed with reason NodeLost ...
+        let e = ended(json!({"phase": "Failed", "reason": "NodeLost",
+            "message": "Node kwok-node-0 which was running pod is unresponsive"}));
+        assert_eq!(
+            (e.cause, e.abandon, e.message.as_str()),
+            (
+                Some(FailureCause::NodeLost),
+                false,
+                "Node kwok-node-0 which was running pod is unresponsive"
+            )
+        );
+        // ... or leaves it Unknown: tolerated for the node-lost wait, then abandoned.
+        let unknown = json!({"phase": "Unknown"});
+        assert!(matches!(
+            verdict(unknown.clone()),
+            Verdict::InProgress { recheck: Some(_) }
+        ));
+        let waits = Waits {
+            node_lost: Duration::from_secs(60),
+            ..Waits::default()
+        };
+        let Verdict::Ended(e) = classify(&pod(unknown), NOW.parse().unwrap(), &waits) else {
+            panic!()
+        };
+        assert_eq!((e.cause, e.abandon), (Some(FailureCause::NodeLost), true));
+    }
+
+    #[test]
+    fn a_container_that_cannot_be_created_is_abandoned_after_its_wait() {
+        // A missing Secret in envFrom: the kubelet reports CreateContainerConfigError.
+        let status = json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "init", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"vcs\" not found"}}}]});
+        assert!(matches!(
+            verdict(status.clone()),
+            Verdict::InProgress { recheck: Some(_) }
+        ));
+        let waits = Waits {
+            create_container: Duration::from_secs(60),
+            ..Waits::default()
+        };
+        let Verdict::Ended(e) = classify(&pod(status), NOW.parse().unwrap(), &waits) else {
+            panic!()
+        };
+        assert_eq!(
+            (e.cause, e.abandon),
+            (Some(FailureCause::CreateContainerError), true)
+        );
+        assert_eq!(
+            e.message,
+            "container init is stuck in CreateContainerConfigError after 180s: secret \"vcs\" not found"
+        );
+    }
+
+    #[test]
     fn a_deleted_pod_ends_the_run() {
         let mut p = pod(json!({"phase": "Running"}));
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
