@@ -130,6 +130,9 @@ struct RunArgs {
     /// it unreachable (it keeps retrying after that).
     #[arg(long, default_value_t = 10)]
     mqtt_reconnect_retry_count: u32,
+    /// Largest backend message accepted, in bytes; larger ones are dropped, logged and counted.
+    #[arg(long, default_value_t = workerpool_operator::protocol::DEFAULT_MAX_PAYLOAD)]
+    mqtt_max_payload_bytes: usize,
     /// How long a run Pod may wait on an image pull before its run fails.
     #[arg(long, default_value = "5m", value_parser = duration)]
     image_pull_timeout: Duration,
@@ -257,6 +260,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     controller.heartbeat = args.heartbeat_interval;
     controller.link.allow_insecure = args.allow_insecure_mqtt;
     controller.link.first_connect_retries = Some(args.mqtt_reconnect_retry_count);
+    controller.link.max_payload = args.mqtt_max_payload_bytes;
     let options = OperatorOptions {
         namespaces: args
             .namespaces

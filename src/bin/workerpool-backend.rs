@@ -68,6 +68,9 @@ enum Command {
         /// Allow a plain mqtt:// broker (no TLS; local experiments only).
         #[arg(long)]
         allow_insecure_mqtt: bool,
+        /// Largest pool message accepted, in bytes; larger ones are dropped, logged and counted.
+        #[arg(long, default_value_t = workerpool_operator::protocol::DEFAULT_MAX_PAYLOAD)]
+        mqtt_max_payload_bytes: usize,
         /// Launcher image for runs that do not name one.
         #[arg(long, default_value = DEFAULT_LAUNCHER_IMAGE)]
         launcher_image: String,
@@ -201,15 +204,17 @@ async fn main() -> anyhow::Result<()> {
             listen,
             broker_url,
             allow_insecure_mqtt,
+            mqtt_max_payload_bytes,
             launcher_image,
         } => {
-            let options = ServeOptions {
+            let mut options = ServeOptions {
                 listen,
                 broker_url,
                 allow_insecure: allow_insecure_mqtt,
                 launcher_image,
                 ..ServeOptions::default()
             };
+            options.link.max_payload = mqtt_max_payload_bytes;
             let server = Server::start(&state, options).await?;
             eprintln!("serving the API on http://{}", server.addr);
             shutdown_signal().await;
