@@ -187,6 +187,29 @@ fn removing_the_run_id_label_is_refused() {
 }
 
 #[test]
+fn setting_the_operators_outcome_annotation_is_refused() {
+    // An outcome annotation on a new Pod would make the controller take it as already
+    // reported, so its run would never be reported or its worker freed by its end.
+    let plugin = example_plugin(
+        "mischief",
+        serde_json::json!({"do": "set-outcome"}),
+        FailurePolicy::Ignore,
+    );
+    let denial = denied(pool_pipeline(vec![plugin]).evaluate(input()));
+    assert_eq!(
+        (denial.stage, denial.hook.as_str()),
+        (Stage::Invariants, "mischief")
+    );
+    assert_eq!(
+        denial.reasons,
+        [
+            "pool plugin \"mischief\" added annotation workers.spacelift.io/outcome, which hooks may not do"
+        ]
+    );
+    a_good_run_is_unaffected();
+}
+
+#[test]
 fn an_import_the_host_does_not_provide_is_refused_at_load() {
     let err = Plugin::load(
         &host(),

@@ -1,5 +1,7 @@
 //! What no hook may change: the Pod's identity (name, namespace, owner reference), the
-//! `workers.spacelift.io/*` labels that tie it to its pool, worker and run, and the built-in
+//! `workers.spacelift.io/*` labels that tie it to its pool, worker and run, the
+//! `workers.spacelift.io/*` annotations the operator keeps its own state in (an added
+//! `workers.spacelift.io/outcome` would make the Pod look already reported), and the built-in
 //! containers. Checked after every hook (so the offending hook is named) and once more at the
 //! end, where `allowedRunnerImageHosts` is also enforced on the final runner image.
 
@@ -9,8 +11,8 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::pod::{GRPC_CONTAINER, INIT_CONTAINER, WORKER_CONTAINER, check_runner_image};
 
-/// Labels under this prefix are the operator's.
-pub const RESERVED_LABEL_PREFIX: &str = "workers.spacelift.io/";
+/// Labels and annotations under this prefix are the operator's.
+pub const RESERVED_PREFIX: &str = "workers.spacelift.io/";
 
 /// Every way `after` breaks an invariant set by `before` (the Pod `build_pod` made).
 pub fn violations(before: &Pod, after: &Pod) -> Vec<String> {
@@ -35,27 +37,8 @@ pub fn violations(before: &Pod, after: &Pod) -> Vec<String> {
             "changed metadata.ownerReferences (the run Pod must stay owned by its Worker)".into(),
         );
     }
-    let reserved = |labels: &Option<BTreeMap<String, String>>| -> BTreeMap<String, String> {
-        labels
-            .iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    let (rb, ra) = (reserved(&b.labels), reserved(&a.labels));
-    for (key, value) in &rb {
-        match ra.get(key) {
-            None => problems.push(format!("removed label {key}")),
-            Some(new) if new != value => {
-                problems.push(format!("changed label {key} from {value:?} to {new:?}"))
-            }
-            Some(_) => {}
-        }
-    }
-    for key in ra.keys().filter(|k| !rb.contains_key(*k)) {
-        problems.push(format!("added label {key}"));
-    }
+    reserved_changes("label", &b.labels, &a.labels, &mut problems);
+    reserved_changes("annotation", &b.annotations, &a.annotations, &mut problems);
     for name in [INIT_CONTAINER, GRPC_CONTAINER, WORKER_CONTAINER] {
         let was_init = find(before, name, true).is_some();
         let was_main = find(before, name, false).is_some();
@@ -71,6 +54,36 @@ pub fn violations(before: &Pod, after: &Pod) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Lists every `workers.spacelift.io/*` key of `kind` (label or annotation) that `after`
+/// removed, changed or added compared with `before`.
+fn reserved_changes(
+    kind: &str,
+    before: &Option<BTreeMap<String, String>>,
+    after: &Option<BTreeMap<String, String>>,
+    problems: &mut Vec<String>,
+) {
+    let reserved = |map: &Option<BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        map.iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let (rb, ra) = (reserved(before), reserved(after));
+    for (key, value) in &rb {
+        match ra.get(key) {
+            None => problems.push(format!("removed {kind} {key}")),
+            Some(new) if new != value => {
+                problems.push(format!("changed {kind} {key} from {value:?} to {new:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for key in ra.keys().filter(|k| !rb.contains_key(*k)) {
+        problems.push(format!("added {kind} {key}"));
+    }
 }
 
 /// Enforces `allowedRunnerImageHosts` on the final runner image.
@@ -126,6 +139,10 @@ mod tests {
                     ("workers.spacelift.io/run-id".into(), "01H".into()),
                     ("team".into(), "a".into()),
                 ])),
+                annotations: Some(BTreeMap::from([(
+                    "workers.spacelift.io/workerpool-name".into(),
+                    "pool".into(),
+                )])),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -180,6 +197,13 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("workers.spacelift.io/extra".into(), "x".into());
+        let annotations = after.metadata.annotations.as_mut().unwrap();
+        annotations.insert(
+            "workers.spacelift.io/workerpool-name".into(),
+            "other".into(),
+        );
+        annotations.insert("workers.spacelift.io/outcome".into(), "succeeded".into());
+        annotations.insert("team.example.com/owner".into(), "a".into());
         after
             .spec
             .as_mut()
@@ -192,6 +216,8 @@ mod tests {
                 "changed metadata.name from \"01h-planning-1\" to \"other\"",
                 "removed label workers.spacelift.io/run-id",
                 "added label workers.spacelift.io/extra",
+                "changed annotation workers.spacelift.io/workerpool-name from \"pool\" to \"other\"",
+                "added annotation workers.spacelift.io/outcome",
                 "removed the \"worker\" container from spec.containers",
             ]
         );

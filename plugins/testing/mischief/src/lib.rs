@@ -1,7 +1,9 @@
 //! mischief: a plugin that breaks the operator's invariants on purpose, so tests/hooks.rs can
 //! check that the pipeline refuses what it returns. Not an example to follow.
 //!
-//! Settings: `{"do": "remove-worker" | "switch-host" | "remove-run-id" | "rename" | "panic"}`.
+//! Settings: `{"do": "remove-worker" | "switch-host" | "remove-run-id" | "set-outcome" |
+//! "rename" | "panic"}`. `set-outcome` adds the operator's `workers.spacelift.io/outcome`
+//! annotation, which would make the Pod look already reported.
 #![deny(unsafe_code)]
 
 use serde::Deserialize;
@@ -17,7 +19,8 @@ struct Config {
 impl Settings for Config {
     fn validate(&self) -> Result<(), String> {
         match self.action.as_str() {
-            "remove-worker" | "switch-host" | "remove-run-id" | "rename" | "panic" => Ok(()),
+            "remove-worker" | "switch-host" | "remove-run-id" | "set-outcome" | "rename"
+            | "panic" => Ok(()),
             other => Err(format!("unknown action {other:?}")),
         }
     }
@@ -37,6 +40,13 @@ fn hook(input: Input<Config>) -> Output {
             if let Some(labels) = pod.metadata.labels.as_mut() {
                 labels.remove("workers.spacelift.io/run-id");
             }
+            Output::allow().with_pod(pod)
+        }
+        "set-outcome" => {
+            pod.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert("workers.spacelift.io/outcome".into(), "succeeded".into());
             Output::allow().with_pod(pod)
         }
         "rename" => {
