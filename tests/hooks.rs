@@ -433,12 +433,19 @@ fn examples_change_the_pod_and_the_trail_says_which_changed_what() {
 
 #[test]
 fn the_go_and_rust_deny_latest_plugins_decide_alike() {
-    for image in [
-        "ubuntu",
-        "ubuntu:latest",
-        "ubuntu:24.04",
-        "ubuntu@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-    ] {
+    let floats = |image: &str| {
+        format!(
+            "images must be pinned to a tag other than latest (or a digest): container \"worker\" uses \"{image}\""
+        )
+    };
+    let digest = "ubuntu@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let cases = [
+        ("ubuntu", floats("ubuntu")),
+        ("ubuntu:latest", floats("ubuntu:latest")),
+        ("ubuntu:24.04", "allowed".to_string()),
+        (digest, "allowed".to_string()),
+    ];
+    for (image, expected) in cases {
         let mut input = input();
         input.runner_image = image.to_string();
         workerpool_operator::hooks::invariants::set_worker_image(&mut input.pod, image);
@@ -450,12 +457,13 @@ fn the_go_and_rust_deny_latest_plugins_decide_alike() {
         .evaluate(input.clone())
         {
             Decision::Allowed(_) => "allowed".to_string(),
-            Decision::Denied(d) => d
-                .reasons
-                .join("; ")
-                .replace("deny-latest-go", "deny-latest"),
+            Decision::Denied(d) => {
+                assert_eq!((d.stage, d.hook.as_str()), (Stage::PoolPlugin, name));
+                d.reasons.join("; ")
+            }
         };
-        assert_eq!(decide("deny-latest"), decide("deny-latest-go"), "{image}");
+        assert_eq!(decide("deny-latest"), expected, "Rust, {image}");
+        assert_eq!(decide("deny-latest-go"), expected, "Go, {image}");
     }
 }
 
