@@ -1,6 +1,8 @@
 //! Per-hook metrics. Labels: `scope` (`cluster` or `<namespace>/<pool>`), `stage`
 //! (`clusterPlugin`, `poolPlugin`, `poolPolicy`, `clusterPolicy`, `invariants`) and `hook`.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -21,6 +23,19 @@ pub struct HookMetrics {
     pub timeouts: IntCounterVec,
     /// Loads (compile, validate settings, parse) that failed, by hook.
     pub load_failures: IntCounterVec,
+    /// The label values used so far, by scope, so that a deleted pool's series can be removed
+    /// ([`HookMetrics::forget_scope`]): prometheus cannot remove by a partial match.
+    series: Arc<Mutex<HashMap<String, BTreeSet<Series>>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Series {
+    /// `scope`, `stage`, `hook`: call duration, denials, timeouts.
+    Call(String, String),
+    /// `scope`, `stage`, `hook`, `kind`.
+    Error(String, String, String),
+    /// `scope`, `hook`.
+    Load(String),
 }
 
 impl Default for HookMetrics {
@@ -69,6 +84,7 @@ impl HookMetrics {
                 "Total number of hook versions that failed to load",
                 &["scope", "hook"],
             ),
+            series: Arc::default(),
         }
     }
 
@@ -84,12 +100,14 @@ impl HookMetrics {
     }
 
     pub(super) fn observe_call(&self, scope: &str, stage: &str, hook: &str, elapsed: Duration) {
+        self.remember(scope, Series::Call(stage.into(), hook.into()));
         self.call_duration
             .with_label_values(&[scope, stage, hook])
             .observe(elapsed.as_secs_f64());
     }
 
     pub(super) fn count_denial(&self, scope: &str, stage: &str, hook: &str) {
+        self.remember(scope, Series::Call(stage.into(), hook.into()));
         self.denials.with_label_values(&[scope, stage, hook]).inc();
     }
 
@@ -101,16 +119,61 @@ impl HookMetrics {
         kind: &str,
         timeout: bool,
     ) {
+        self.remember(scope, Series::Error(stage.into(), hook.into(), kind.into()));
         self.errors
             .with_label_values(&[scope, stage, hook, kind])
             .inc();
         if timeout {
+            self.remember(scope, Series::Call(stage.into(), hook.into()));
             self.timeouts.with_label_values(&[scope, stage, hook]).inc();
         }
     }
 
     pub(super) fn count_load_failure(&self, scope: &str, hook: &str) {
+        self.remember(scope, Series::Load(hook.into()));
         self.load_failures.with_label_values(&[scope, hook]).inc();
+    }
+
+    /// Removes every series of `scope` (a deleted pool), so its label values do not pile up.
+    pub fn forget_scope(&self, scope: &str) {
+        let Some(series) = self.lock().remove(scope) else {
+            return;
+        };
+        for one in series {
+            // A series that was never touched is not there: nothing to remove.
+            match one {
+                Series::Call(stage, hook) => {
+                    let labels = [scope, stage.as_str(), hook.as_str()];
+                    let _ = self.call_duration.remove_label_values(&labels);
+                    let _ = self.denials.remove_label_values(&labels);
+                    let _ = self.timeouts.remove_label_values(&labels);
+                }
+                Series::Error(stage, hook, kind) => {
+                    let _ = self
+                        .errors
+                        .remove_label_values(&[scope, &stage, &hook, &kind]);
+                }
+                Series::Load(hook) => {
+                    let _ = self.load_failures.remove_label_values(&[scope, &hook]);
+                }
+            }
+        }
+    }
+
+    fn remember(&self, scope: &str, series: Series) {
+        let mut known = self.lock();
+        match known.get_mut(scope) {
+            Some(set) => {
+                set.insert(series);
+            }
+            None => {
+                known.insert(scope.to_string(), BTreeSet::from([series]));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<Series>>> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -130,5 +193,34 @@ mod tests {
             .collect();
         assert!(names.contains(&"spacelift_workerpool_controller_hook_timeouts_total".to_string()));
         assert!(names.contains(&"spacelift_workerpool_controller_hook_errors_total".to_string()));
+    }
+
+    #[test]
+    fn a_forgotten_scope_leaves_no_series_behind() {
+        let registry = Registry::new();
+        let metrics = HookMetrics::register(&registry).unwrap();
+        let series = |registry: &Registry| -> Vec<String> {
+            let mut scopes: Vec<String> = registry
+                .gather()
+                .iter()
+                .flat_map(|f| f.get_metric().iter())
+                .flat_map(|m| m.get_label().iter())
+                .filter(|l| l.name() == "scope")
+                .map(|l| l.value().to_string())
+                .collect();
+            scopes.sort();
+            scopes.dedup();
+            scopes
+        };
+        for scope in ["team/a", "team/b"] {
+            metrics.observe_call(scope, "poolPlugin", "x", Duration::from_millis(1));
+            metrics.count_denial(scope, "poolPlugin", "x");
+            metrics.count_error(scope, "poolPlugin", "x", "timeout", true);
+            metrics.count_load_failure(scope, "y");
+        }
+        assert_eq!(series(&registry), ["team/a", "team/b"]);
+        metrics.forget_scope("team/a");
+        assert_eq!(series(&registry), ["team/b"]);
+        metrics.forget_scope("team/a");
     }
 }
