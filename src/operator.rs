@@ -1,7 +1,6 @@
 //! `workerpool-operator run`: puts the controller, the hook registry, the probes, the metrics
 //! endpoint and leader election together, and takes them down in order on SIGTERM.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use kube::api::Api;
 use thiserror::Error;
 
 use crate::controller::{self, Context, ControllerConfig, ControllerMetrics};
-use crate::hooks::registry::cluster_config_maps;
+use crate::hooks::registry::{FetchedConfigMaps, cluster_config_maps};
 use crate::hooks::{HookConfig, HookMetrics, HookRegistry, WasmHost};
 use crate::link::LinkMetrics;
 use crate::ops::health::Health;
@@ -184,7 +183,9 @@ fn read_hook_config(options: &OperatorOptions) -> Result<HookConfig, OperatorErr
 
 /// Loads the cluster-wide hooks now and again every `hook_reload`: a changed configuration
 /// file (a mounted ConfigMap) or plugin ConfigMap is picked up without a restart, and a broken
-/// new version leaves the previous one in service.
+/// new version leaves the previous one in service. Problems are logged at every reload, and the
+/// registry keeps the last report, which every pool's HooksReady condition includes. Until the
+/// first load completes, runs wait for it (see `HookRegistry::pipeline`).
 async fn reload_cluster_hooks(
     client: Client,
     hooks: Arc<HookRegistry>,
@@ -206,27 +207,38 @@ async fn reload_cluster_hooks(
             Ok(config) => config,
             Err(err) => {
                 tracing::error!(error = %err, "the cluster-wide hook configuration is invalid; the hooks loaded before stay in service");
+                hooks.cluster_config_failed(err.to_string());
                 continue;
             }
         };
-        let mut found = BTreeMap::new();
+        let mut fetched = FetchedConfigMaps {
+            namespace: namespace.clone(),
+            ..FetchedConfigMaps::default()
+        };
         for name in cluster_config_maps(&config) {
             match config_maps.get_opt(&name).await {
                 Ok(Some(config_map)) => {
-                    found.insert(name, config_map);
+                    fetched.found.insert(name, config_map);
                 }
                 Ok(None) => {}
                 Err(err) => {
-                    tracing::warn!(config_map = %name, error = %err, "cannot read a cluster-wide hook ConfigMap")
+                    tracing::warn!(config_map = %name, error = %err, "cannot read a cluster-wide hook ConfigMap");
+                    fetched.unreadable.insert(name, err.to_string());
                 }
             }
         }
         let registry = hooks.clone();
         let report =
-            tokio::task::spawn_blocking(move || registry.load_cluster(&config, &found)).await;
-        if let Ok(report) = report {
-            for problem in report.problems() {
-                tracing::error!(scope = "cluster", "{}", problem.message());
+            tokio::task::spawn_blocking(move || registry.load_cluster_from(&config, &fetched))
+                .await;
+        match report {
+            Ok(report) => {
+                for problem in report.problems() {
+                    tracing::error!(scope = "cluster", "{}", problem.message());
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "loading the cluster-wide hooks stopped unexpectedly; retrying at the next reload");
             }
         }
     }

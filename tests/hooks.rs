@@ -6,13 +6,14 @@
 mod hooks_support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hooks_support::*;
-use workerpool_operator::hooks::registry::{LoadStatus, pool_config_maps};
+use workerpool_operator::hooks::registry::{FetchedConfigMaps, LoadStatus, pool_config_maps};
 use workerpool_operator::hooks::{
-    Decision, FailurePolicy, HookConfig, Outcome, Plugin, PolicyEntry, RegoVersion, Stage,
-    TRAIL_ANNOTATION,
+    Decision, FailurePolicy, HookConfig, HookMetrics, Outcome, Plugin, PluginSpec, PolicyEntry,
+    RegoVersion, Stage, TRAIL_ANNOTATION,
 };
 
 // ---- hostile plugins ----------------------------------------------------------------------
@@ -515,7 +516,8 @@ fn a_broken_new_version_keeps_the_previous_one_in_service() {
     );
 
     // The old version still decides: an untagged runner image is denied by it.
-    let (pool, _) = pool_with_policy(SEED_POLICY);
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    registry.load_pool(&pool, &maps);
     let mut input = input_for(&pool);
     input.runner_image = "ubuntu".into();
     workerpool_operator::hooks::invariants::set_worker_image(&mut input.pod, "ubuntu");
@@ -549,7 +551,8 @@ fn a_plugin_that_never_loaded_follows_its_failure_policy() {
         "plugin \"missing\" (ConfigMap missing): ConfigMap missing was not found: create it or fix the \
          reference; runs are denied until it loads (failurePolicy: Fail)"
     );
-    let (pool, _) = pool_with_policy(SEED_POLICY);
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    registry.load_pool(&pool, &maps);
     let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
     assert_eq!(
         denial.reasons,
@@ -599,6 +602,291 @@ fn one_pools_broken_hooks_do_not_touch_another_pool() {
         Decision::Denied(_)
     ));
     allowed(registry.pipeline(&other).evaluate(input_for(&other)));
+}
+
+// ---- registry: no run is built before its hooks have loaded ------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_before_any_hooks_loaded_is_denied_after_a_bounded_wait() {
+    let registry = unloaded_registry();
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    let not_loaded = |reasons: &[String]| {
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        reasons[0].clone()
+    };
+
+    // The synchronous entry never waits: it denies at once.
+    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    assert_eq!(
+        (denial.stage, denial.hook.as_str()),
+        (Stage::Invariants, "hooks-not-loaded")
+    );
+    assert_eq!(
+        not_loaded(&denial.reasons),
+        "the cluster-wide hooks have not loaded yet; the run is denied rather than started without them"
+    );
+
+    // The controller's entry waits (here at most 300 ms), then denies.
+    let started = Instant::now();
+    let denial = denied(
+        registry
+            .pipeline(&pool)
+            .evaluate_blocking(input_for(&pool))
+            .await,
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        not_loaded(&denial.reasons),
+        "the cluster-wide hooks have not loaded yet (waited 300ms for them); the run is denied rather than started without them"
+    );
+
+    // The pool's own hooks count as much as the cluster-wide ones.
+    registry.load_cluster(&HookConfig::default(), &BTreeMap::new());
+    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    assert_eq!(
+        not_loaded(&denial.reasons),
+        "the hooks of WorkerPool default/test-workerpool have not loaded yet; the run is denied rather than started without them"
+    );
+    registry.load_pool(&pool, &maps);
+    allowed(registry.pipeline(&pool).evaluate(input_for(&pool)));
+
+    // A pool deleted and created again under the same name is another pool.
+    let mut again = pool.clone();
+    again.metadata.uid = Some("another-uid".into());
+    assert!(matches!(
+        registry.pipeline(&again).evaluate(input_for(&again)),
+        Decision::Denied(d) if d.hook == "hooks-not-loaded"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_comes_before_the_hooks_load_waits_and_then_runs_them() {
+    let registry = Arc::new(unloaded_registry().with_load_wait(Duration::from_secs(20)));
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    // Asked for before anything loaded, as when a run message beats the first load.
+    let pipeline = registry.pipeline(&pool);
+    let waiting = tokio::spawn({
+        let input = input_for(&pool);
+        async move { pipeline.evaluate_blocking(input).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the run must wait for the hooks");
+
+    let config = HookConfig::parse(
+        "policies:\n  - name: freeze\n    regoVersion: v1\n    rego: |\n      package spacelift\n      deny contains \"frozen\" if true\n",
+        "hooks.yaml",
+    )
+    .unwrap();
+    registry.load_cluster(&config, &BTreeMap::new());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the pool's hooks have not loaded yet"
+    );
+    let loading = registry.clone();
+    let pool_to_load = pool.clone();
+    tokio::task::spawn_blocking(move || loading.load_pool(&pool_to_load, &maps))
+        .await
+        .unwrap();
+
+    // Not an empty pipeline: the hooks that loaded meanwhile decide.
+    let denial = denied(
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            denial.stage,
+            denial.hook.as_str(),
+            denial.reasons.as_slice()
+        ),
+        (
+            Stage::ClusterPolicy,
+            "freeze",
+            ["frozen".to_string()].as_slice()
+        )
+    );
+    assert_eq!(denial.trail[0].stage, Stage::PoolPolicy);
+}
+
+#[test]
+fn an_unreadable_config_map_is_a_load_failure_that_names_the_field_and_namespace() {
+    let registry = registry();
+    let mut pool = pool();
+    pool.spec.pod = None;
+    pool.spec.plugins = vec![
+        PluginSpec {
+            config_map: "label-injector".into(),
+            ..spec(Some(serde_json::json!({})), FailurePolicy::Ignore)
+        },
+        PluginSpec {
+            config_map: "deny-latest".into(),
+            ..spec(Some(serde_json::json!({})), FailurePolicy::Fail)
+        },
+    ];
+    let fetched = FetchedConfigMaps {
+        namespace: "default".into(),
+        found: BTreeMap::from([(
+            "label-injector".into(),
+            config_map(
+                "label-injector",
+                "default",
+                &[("plugin.wasm", example("label-injector"))],
+            ),
+        )]),
+        unreadable: BTreeMap::from([(
+            "deny-latest".into(),
+            "Kubernetes API: service unavailable".into(),
+        )]),
+    };
+    let report = registry.load_pool_from(&pool, &fetched);
+    let problems: Vec<String> = report.problems().map(|p| p.message()).collect();
+    assert_eq!(
+        problems,
+        [
+            "plugin \"deny-latest\" (ConfigMap deny-latest): spec.plugins[1].configMap: cannot read \
+             ConfigMap default/deny-latest: Kubernetes API: service unavailable; runs are denied until it \
+             loads (failurePolicy: Fail)"
+        ]
+    );
+    let condition = registry.pool_condition(&report);
+    assert_eq!(
+        (condition.status, condition.message.as_str()),
+        (false, problems[0].as_str())
+    );
+    // The load completed: runs are built, and the plugin's failure policy decides.
+    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    assert_eq!(
+        denial.reasons,
+        [
+            "pool plugin \"deny-latest\" failed: is not loaded: spec.plugins[1].configMap: cannot read \
+             ConfigMap default/deny-latest: Kubernetes API: service unavailable"
+        ]
+    );
+
+    // Once readable, it loads; a later read failure keeps it in service.
+    let mut fetched = fetched;
+    fetched.unreadable.clear();
+    fetched.found.insert(
+        "deny-latest".into(),
+        config_map(
+            "deny-latest",
+            "default",
+            &[("plugin.wasm", example("deny-latest"))],
+        ),
+    );
+    assert!(registry.load_pool_from(&pool, &fetched).is_healthy());
+    fetched.found.remove("deny-latest");
+    fetched
+        .unreadable
+        .insert("deny-latest".into(), "timed out".into());
+    let report = registry.load_pool_from(&pool, &fetched);
+    let message = report.problems().next().unwrap().message();
+    assert!(
+        message.contains("spec.plugins[1].configMap: cannot read ConfigMap default/deny-latest: timed out; the previous version sha256:"),
+        "{message}"
+    );
+    allowed(registry.pipeline(&pool).evaluate(input_for(&pool)));
+}
+
+#[test]
+fn cluster_wide_load_problems_show_on_every_pools_condition() {
+    let registry = unloaded_registry();
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    let report = registry.load_pool(&pool, &maps);
+    assert!(report.is_healthy());
+    let condition = registry.pool_condition(&report);
+    assert_eq!(
+        (
+            condition.status,
+            condition.reason,
+            condition.message.as_str()
+        ),
+        (
+            false,
+            "HookLoadFailed",
+            "the cluster-wide hooks have not loaded yet: the pool's runs wait for them, and are denied if they do not load"
+        )
+    );
+
+    let config = HookConfig::parse(
+        "plugins:\n  - configMap: missing\n    failurePolicy: Fail\n",
+        "hooks.yaml",
+    )
+    .unwrap();
+    registry.load_cluster(&config, &BTreeMap::new());
+    let condition = registry.pool_condition(&report);
+    assert_eq!(
+        (condition.status, condition.message.as_str()),
+        (
+            false,
+            "cluster-wide plugin \"missing\" (ConfigMap missing): ConfigMap missing was not found: create it or \
+             fix the reference; runs are denied until it loads (failurePolicy: Fail)"
+        )
+    );
+
+    registry.cluster_config_failed("hooks.yaml: plugins[0]: missing field `configMap`".into());
+    let condition = registry.pool_condition(&report);
+    assert!(
+        condition.message.ends_with(
+            "; the cluster-wide hook configuration cannot be loaded: hooks.yaml: plugins[0]: missing field \
+             `configMap`; the cluster-wide hooks loaded before stay in service"
+        ),
+        "{}",
+        condition.message
+    );
+
+    registry.load_cluster(&HookConfig::default(), &BTreeMap::new());
+    let condition = registry.pool_condition(&report);
+    assert_eq!(
+        (condition.status, condition.message.as_str()),
+        (true, "1 hooks loaded (1 of the pool, 0 cluster-wide)")
+    );
+}
+
+#[test]
+fn a_deleted_pools_hooks_and_metrics_are_forgotten() {
+    let metrics = Arc::new(HookMetrics::new());
+    let registry = workerpool_operator::hooks::HookRegistry::new(
+        host(),
+        metrics.clone(),
+        Duration::from_millis(100),
+    );
+    registry.load_cluster(&HookConfig::default(), &BTreeMap::new());
+    let (mut pool, maps) = pool_with_policy("package spacelift\ndeny contains \"no\" if true\n");
+    pool.metadata.uid = Some("first".into());
+    registry.load_pool(&pool, &maps);
+    denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    let scope = "default/test-workerpool";
+    let series = || {
+        metrics
+            .denials
+            .with_label_values(&[
+                scope,
+                "poolPolicy",
+                "test-workerpool-initialization-policy/initialization-policy.rego",
+            ])
+            .get()
+    };
+    assert_eq!(series(), 1);
+    assert_eq!(
+        registry.pools(),
+        [(scope.to_string(), Some("first".to_string()))]
+    );
+
+    // Another pool of the same name has loaded since: its hooks stay.
+    registry.forget_pool(scope, Some("older"));
+    assert_eq!(registry.pools().len(), 1);
+
+    registry.forget_pool(scope, Some("first"));
+    assert!(registry.pools().is_empty());
+    assert_eq!(series(), 0, "the pool's metric series went with it");
+    assert!(matches!(
+        registry.pipeline(&pool).evaluate(input_for(&pool)),
+        Decision::Denied(d) if d.hook == "hooks-not-loaded"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
-//! The WorkerPool reconciler: credentials -> backend link -> Workers -> status.
+//! The WorkerPool reconciler: hooks -> credentials -> backend link -> Workers -> status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -18,7 +18,16 @@ use crate::crd::{
     LABEL_ULID, LABEL_WORKERPOOL, SecretKeyRef, Worker, WorkerPool, WorkerPoolStatus, WorkerState,
 };
 use crate::credentials::{Credentials, decode_credentials};
-use crate::hooks::registry::{HooksCondition, REASON_LOAD_FAILED, pool_config_maps};
+use crate::hooks::registry::{
+    CONDITION_TYPE, FetchedConfigMaps, HooksCondition, REASON_LOAD_FAILED, pool_config_maps,
+};
+
+/// How long a pool's reconcile waits for the first load of the cluster-wide hooks, so that its
+/// HooksReady condition can include them.
+const CLUSTER_HOOKS_WAIT: Duration = Duration::from_secs(10);
+/// When a hook ConfigMap could not be read or the cluster-wide hooks had not loaded, the pool
+/// is reconciled again this soon (as after a failed reconcile).
+const HOOKS_RETRY: Duration = Duration::from_secs(5);
 
 /// Reconciles one pool. Failures of one pool never stop the others: each pool is its own
 /// reconciliation, and a pool with bad input reports it on its status and events.
@@ -31,6 +40,10 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     if pool.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+
+    // Hooks first: the backend link below starts taking run messages at once, and a run is
+    // built only from loaded hooks (runs that come earlier wait for them).
+    let hooks = load_hooks(&ctx, &pool).await;
 
     let (credentials, link) = match read_credentials(&ctx, &pool).await? {
         Ok(None) => (CredentialState::Missing, None),
@@ -59,7 +72,6 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     if let Some(link) = &link {
         label_with_ulid(&ctx, &pool, &link.pool_id.to_string()).await?;
     }
-    let hooks = load_hooks(&ctx, &pool).await?;
 
     let mut workers = owned_workers(&ctx, &pool).await?;
     let mut degraded = None;
@@ -92,7 +104,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         link: link.as_ref().map(|l| l.state()),
         workers: views,
         degraded,
-        hooks: Some(hooks),
+        hooks: Some(hooks.condition),
     };
     let status = pool_status(
         &observation,
@@ -100,26 +112,75 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         k8s_openapi::jiff::Timestamp::now(),
     );
     write_status(&ctx, &pool, status).await?;
-    Ok(Action::requeue(ctx.config.resync))
+    if hooks.retry_soon {
+        Ok(Action::requeue(HOOKS_RETRY))
+    } else {
+        Ok(Action::requeue(ctx.config.resync))
+    }
+}
+
+/// The pool's HooksReady condition after a load, and whether to load again soon: a ConfigMap
+/// could not be read, or the cluster-wide hooks (part of the condition) have not loaded.
+struct HooksLoaded {
+    condition: HooksCondition,
+    retry_soon: bool,
 }
 
 /// Loads (or hot-reloads) the pool's plugins and initialization policy from their ConfigMaps.
-/// A hook that fails to load is reported by an event and the HooksReady condition; the
-/// registry keeps the previous good version of a plugin in service.
-async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> Result<HooksCondition, Error> {
-    let config_maps: Api<ConfigMap> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-    let mut found = BTreeMap::new();
+/// A hook that fails to load, including one whose ConfigMap cannot be read, is reported by an
+/// event and the HooksReady condition (which also carries the cluster-wide hooks' problems);
+/// the registry keeps the previous good version of a plugin in service. Never fails the
+/// reconcile: what went wrong goes on the pool's status.
+async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> HooksLoaded {
+    let namespace = pool.namespace().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut fetched = FetchedConfigMaps {
+        namespace,
+        ..FetchedConfigMaps::default()
+    };
     for name in pool_config_maps(pool) {
-        if let Some(config_map) = config_maps.get_opt(&name).await? {
-            found.insert(name, config_map);
+        match config_maps.get_opt(&name).await {
+            Ok(Some(config_map)) => {
+                fetched.found.insert(name, config_map);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                fetched.unreadable.insert(name, err.to_string());
+            }
         }
     }
+    let unreadable = !fetched.unreadable.is_empty();
     let registry = ctx.hooks.clone();
     let loading = pool.clone();
-    let report = tokio::task::spawn_blocking(move || registry.load_pool(&loading, &found))
-        .await
-        .map_err(|e| Error::Hooks(e.to_string()))?;
+    let report = match tokio::task::spawn_blocking(move || {
+        registry.load_pool_from(&loading, &fetched)
+    })
+    .await
+    {
+        Ok(report) => report,
+        Err(err) => {
+            // The load did not complete, so the pool's runs are not built (fail closed).
+            let message = format!("loading the pool's hooks stopped unexpectedly: {err}");
+            tracing::error!(pool = %pool.name_any(), "{message}");
+            ctx.event(
+                &**pool,
+                EventType::Warning,
+                REASON_LOAD_FAILED,
+                "LoadHooks",
+                message.clone(),
+            )
+            .await;
+            return HooksLoaded {
+                condition: HooksCondition {
+                    type_: CONDITION_TYPE,
+                    status: false,
+                    reason: REASON_LOAD_FAILED,
+                    message,
+                },
+                retry_soon: true,
+            };
+        }
+    };
     for problem in report.problems() {
         tracing::warn!(pool = %report.scope, "{}", problem.message());
         ctx.event(
@@ -131,7 +192,11 @@ async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> Result<HooksCondit
         )
         .await;
     }
-    Ok(report.condition())
+    let cluster_loaded = ctx.hooks.wait_for_cluster(CLUSTER_HOOKS_WAIT).await;
+    HooksLoaded {
+        condition: ctx.hooks.pool_condition(&report),
+        retry_soon: unreadable || !cluster_loaded,
+    }
 }
 
 /// Reads and decodes the pool's credentials. `Ok(Err(problem))` is bad input to report on the
@@ -309,7 +374,8 @@ async fn write_status(
     Ok(())
 }
 
-/// Links of pools that are gone (WorkerPool deleted and its Workers deregistered) are closed.
+/// Cleans up after deleted pools: their backend links are closed once their Workers are
+/// deregistered, and their hooks and hook metrics are forgotten once the WorkerPool is gone.
 pub async fn sweep_links(ctx: &Arc<Context>) {
     for key in ctx.links.keys() {
         let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -328,6 +394,27 @@ pub async fn sweep_links(ctx: &Arc<Context>) {
             tracing::info!(pool = %key, "pool deleted and its workers deregistered: closing its backend link");
             ctx.links.remove(&key);
             ctx.metrics.forget_pool(&ulid);
+        }
+    }
+    forget_hooks_of_deleted_pools(ctx).await;
+}
+
+/// A pool's hooks serve only its own runs, and a run of a deleted pool is refused before its
+/// hooks are asked for: they go with the WorkerPool (or when one of the same name replaced it).
+async fn forget_hooks_of_deleted_pools(ctx: &Arc<Context>) {
+    for (scope, uid) in ctx.hooks.pools() {
+        let Some((namespace, name)) = scope.split_once('/') else {
+            continue;
+        };
+        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), namespace);
+        let gone = match pools.get_opt(name).await {
+            Ok(None) => true,
+            Ok(Some(pool)) => pool.metadata.uid != uid,
+            Err(_) => false, // try again at the next sweep
+        };
+        if gone {
+            tracing::info!(pool = %scope, "pool deleted: forgetting its hooks");
+            ctx.hooks.forget_pool(&scope, uid.as_deref());
         }
     }
 }

@@ -14,6 +14,7 @@ use super::input::{ContextRef, HookInput, PodState, PolicyInput};
 use super::invariants::{self, set_worker_image, worker_image};
 use super::metrics::HookMetrics;
 use super::plugin::{EvalError, Plugin, Verdict};
+use super::registry::PendingHooks;
 use super::rego::Policy;
 use super::spec::FailurePolicy;
 use super::trail::{self, HookRecord, Outcome, Stage, TRAIL_ANNOTATION};
@@ -64,6 +65,9 @@ pub struct Pipeline {
     /// `cluster` or `<namespace>/<pool>`: the `scope` label of the metrics.
     pub scope: String,
     pub metrics: Option<Arc<HookMetrics>>,
+    /// Set when the hooks had not loaded when this pipeline was asked for: it then holds no
+    /// hooks, and never allows a run by itself (fail closed).
+    pub pending: Option<PendingHooks>,
 }
 
 /// The pipeline's answer.
@@ -114,6 +118,8 @@ impl fmt::Display for Denial {
 
 /// Hook name used for the final checks.
 pub const INVARIANTS_HOOK: &str = "invariants";
+/// Hook name under which a run is denied because its hooks have not loaded.
+pub const NOT_LOADED_HOOK: &str = "hooks-not-loaded";
 
 enum Step {
     Continue,
@@ -121,8 +127,12 @@ enum Step {
 }
 
 impl Pipeline {
-    /// Runs every hook over `input` and returns the Pod to create or the reasons not to.
+    /// Runs every hook over `input` and returns the Pod to create or the reasons not to. A
+    /// pipeline whose hooks have not loaded denies at once (the async entry waits for them).
     pub fn evaluate(&self, input: HookInput) -> Decision {
+        if let Some(pending) = &self.pending {
+            return self.not_loaded(pending.reason());
+        }
         let HookInput {
             pool,
             worker,
@@ -228,9 +238,17 @@ impl Pipeline {
         }))
     }
 
-    /// [`Pipeline::evaluate`] on Tokio's blocking pool, for async callers.
+    /// [`Pipeline::evaluate`] on Tokio's blocking pool, for async callers. When the hooks had
+    /// not loaded, it first waits for them (bounded) and runs them once they have; if they do
+    /// not load in time, the run is denied.
     pub async fn evaluate_blocking(&self, input: HookInput) -> Decision {
-        let pipeline = self.clone();
+        let pipeline = match &self.pending {
+            None => self.clone(),
+            Some(pending) => match pending.wait().await {
+                Ok(loaded) => loaded,
+                Err(reason) => return self.not_loaded(&reason),
+            },
+        };
         match tokio::task::spawn_blocking(move || pipeline.evaluate(input)).await {
             Ok(decision) => decision,
             Err(e) => deny(
@@ -398,6 +416,19 @@ impl Pipeline {
             micros: micros(elapsed),
         });
         Step::Deny(reasons)
+    }
+
+    /// Denies a run whose hooks have not loaded, rather than run it without them.
+    fn not_loaded(&self, reason: &str) -> Decision {
+        self.count_denial(Stage::Invariants, NOT_LOADED_HOOK);
+        deny(
+            Stage::Invariants,
+            NOT_LOADED_HOOK,
+            vec![format!(
+                "{reason}; the run is denied rather than started without them"
+            )],
+            Vec::new(),
+        )
     }
 
     fn count_denial(&self, stage: Stage, hook: &str) {

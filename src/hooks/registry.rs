@@ -6,6 +6,11 @@
 //! WorkerPool condition and a metric. A policy that fails to compile is not replaced by its
 //! previous version (the launcher would read the new file from the mounted ConfigMap anyway):
 //! it denies the pool's runs, with the compile error as the reason, until it is fixed.
+//!
+//! Fail closed: until the cluster-wide hooks and a pool's own hooks have loaded once (a load
+//! that completed, whatever became of each hook), no pipeline is built for that pool's runs.
+//! [`HookRegistry::pipeline`] then returns one that waits a bounded time for the load
+//! ([`Pipeline::evaluate_blocking`]) and denies the run if it does not come.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -13,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use tokio::sync::watch;
 
 use super::config::HookConfig;
 use super::host::{Digest, WasmHost};
@@ -32,6 +38,8 @@ pub const REASON_LOAD_FAILED: &str = "HookLoadFailed";
 pub const REASON_LOADED: &str = "HooksLoaded";
 /// The WorkerPool condition type that reports the pool's hooks.
 pub const CONDITION_TYPE: &str = "HooksReady";
+/// How long a run waits for its pool's hooks to load before it is denied.
+pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(60);
 
 /// A plugin or a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,14 +187,148 @@ struct HookSet {
     policies: Vec<PolicySlot>,
 }
 
+/// A pool's loaded hooks, and the pool's `metadata.uid` (a pool deleted and created again
+/// under the same name is another pool).
+#[derive(Clone, Debug)]
+struct PoolHooks {
+    uid: Option<String>,
+    hooks: HookSet,
+}
+
+/// The ConfigMaps a scope's hooks name, as the controller read them from one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct FetchedConfigMaps {
+    /// Where they were read from (named in errors).
+    pub namespace: String,
+    /// Those that exist, by name. A name in neither map was not found.
+    pub found: BTreeMap<String, ConfigMap>,
+    /// Those the API did not return (an error other than NotFound), by name: why.
+    pub unreadable: BTreeMap<String, String>,
+}
+
+impl FetchedConfigMaps {
+    fn found(config_maps: &BTreeMap<String, ConfigMap>) -> Self {
+        Self {
+            found: config_maps.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The ConfigMap `name`, which `field` names.
+    fn get(&self, name: &str, field: &str) -> Result<&ConfigMap, SourceError> {
+        if let Some(config_map) = self.found.get(name) {
+            return Ok(config_map);
+        }
+        Err(match self.unreadable.get(name) {
+            Some(error) => SourceError::Unreadable {
+                field: field.to_string(),
+                namespace: self.namespace.clone(),
+                config_map: name.to_string(),
+                error: error.clone(),
+            },
+            None => SourceError::NotFound {
+                config_map: name.to_string(),
+            },
+        })
+    }
+}
+
+/// What the registry shares with the pipelines that wait for a load.
+#[derive(Debug)]
+struct Loaded {
+    metrics: Arc<HookMetrics>,
+    /// `None` until a load of the cluster-wide hooks has completed.
+    cluster: RwLock<Option<HookSet>>,
+    /// The last cluster-wide load's report, for every pool's HooksReady condition.
+    cluster_report: RwLock<Option<LoadReport>>,
+    /// Why the cluster-wide configuration could not be read at the last reload, if it could not.
+    cluster_config_error: RwLock<Option<String>>,
+    /// Pools whose hooks have loaded, by scope.
+    pools: RwLock<HashMap<String, PoolHooks>>,
+    /// Bumped after every load, so that waiting pipelines look again.
+    loads: watch::Sender<u64>,
+}
+
+impl Loaded {
+    /// The pipeline of `scope`'s runs, or why it cannot be built yet.
+    fn pipeline(&self, scope: &str, uid: Option<&str>) -> Result<Pipeline, String> {
+        let cluster = read(&self.cluster);
+        let Some(cluster) = cluster.as_ref() else {
+            return Err(self.cluster_not_loaded());
+        };
+        let pools = read(&self.pools);
+        let Some(own) = pools.get(scope).filter(|own| own.uid.as_deref() == uid) else {
+            return Err(format!(
+                "the hooks of WorkerPool {scope} have not loaded yet"
+            ));
+        };
+        Ok(Pipeline {
+            cluster_plugins: cluster.plugins.iter().map(PluginSlot::entry).collect(),
+            pool_plugins: own.hooks.plugins.iter().map(PluginSlot::entry).collect(),
+            pool_policy: own.hooks.policies.first().map(|p| p.entry.clone()),
+            cluster_policies: cluster.policies.iter().map(|p| p.entry.clone()).collect(),
+            scope: scope.to_string(),
+            metrics: Some(self.metrics.clone()),
+            pending: None,
+        })
+    }
+
+    fn cluster_not_loaded(&self) -> String {
+        match read(&self.cluster_config_error).as_deref() {
+            Some(error) => format!("the cluster-wide hooks have not loaded: {error}"),
+            None => "the cluster-wide hooks have not loaded yet".to_string(),
+        }
+    }
+
+    fn loaded(&self) {
+        self.loads.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A pipeline whose hooks have not loaded: [`PendingHooks::wait`] waits for them, bounded.
+#[derive(Clone, Debug)]
+pub struct PendingHooks {
+    loaded: Arc<Loaded>,
+    scope: String,
+    uid: Option<String>,
+    wait: Duration,
+    reason: String,
+}
+
+impl PendingHooks {
+    /// Why the pipeline could not be built when it was asked for.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Waits until the hooks have loaded (at most the registry's load wait) and returns the
+    /// pipeline, or why there is none.
+    pub async fn wait(&self) -> Result<Pipeline, String> {
+        // Subscribe before looking, so that a load in between is not missed.
+        let mut loads = self.loaded.loads.subscribe();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let reason = match self.loaded.pipeline(&self.scope, self.uid.as_deref()) {
+                Ok(pipeline) => return Ok(pipeline),
+                Err(reason) => reason,
+            };
+            match tokio::time::timeout_at(deadline, loads.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(format!("{reason} (waited {:?} for them)", self.wait));
+                }
+            }
+        }
+    }
+}
+
 /// The registry. One per operator process; share behind an `Arc`.
 #[derive(Debug)]
 pub struct HookRegistry {
     host: Arc<WasmHost>,
-    metrics: Arc<HookMetrics>,
     policy_timeout: Duration,
-    cluster: RwLock<HookSet>,
-    pools: RwLock<HashMap<String, HookSet>>,
+    load_wait: Duration,
+    loaded: Arc<Loaded>,
 }
 
 /// `namespace/name` of a pool: the scope of its hooks.
@@ -224,15 +366,32 @@ impl HookRegistry {
     pub fn new(host: Arc<WasmHost>, metrics: Arc<HookMetrics>, policy_timeout: Duration) -> Self {
         Self {
             host,
-            metrics,
             policy_timeout,
-            cluster: RwLock::new(HookSet::default()),
-            pools: RwLock::new(HashMap::new()),
+            load_wait: DEFAULT_LOAD_WAIT,
+            loaded: Arc::new(Loaded {
+                metrics,
+                cluster: RwLock::new(None),
+                cluster_report: RwLock::new(None),
+                cluster_config_error: RwLock::new(None),
+                pools: RwLock::new(HashMap::new()),
+                loads: watch::Sender::new(0),
+            }),
         }
+    }
+
+    /// How long a run waits for its hooks to load before it is denied
+    /// ([`DEFAULT_LOAD_WAIT`] unless set).
+    pub fn with_load_wait(mut self, wait: Duration) -> Self {
+        self.load_wait = wait;
+        self
     }
 
     pub fn host(&self) -> &Arc<WasmHost> {
         &self.host
+    }
+
+    fn metrics(&self) -> &HookMetrics {
+        &self.loaded.metrics
     }
 
     /// Loads (or reloads) the cluster-wide hooks. `config_maps` holds the ConfigMaps named by
@@ -242,27 +401,40 @@ impl HookRegistry {
         config: &HookConfig,
         config_maps: &BTreeMap<String, ConfigMap>,
     ) -> LoadReport {
+        self.load_cluster_from(config, &FetchedConfigMaps::found(config_maps))
+    }
+
+    /// Loads (or reloads) the cluster-wide hooks from the ConfigMaps named by
+    /// [`cluster_config_maps`], as read. The report is kept for [`HookRegistry::pool_condition`].
+    pub fn load_cluster_from(
+        &self,
+        config: &HookConfig,
+        config_maps: &FetchedConfigMaps,
+    ) -> LoadReport {
         let mut report = LoadReport {
             scope: CLUSTER_SCOPE.to_string(),
             results: Vec::new(),
         };
-        let previous = read(&self.cluster).clone();
-        let plugins =
-            self.load_plugins(&previous.plugins, &config.plugins, config_maps, &mut report);
+        let previous = read(&self.loaded.cluster).clone().unwrap_or_default();
+        let plugins = self.load_plugins(
+            &previous.plugins,
+            &config.plugins,
+            "plugins",
+            config_maps,
+            &mut report,
+        );
         let policies = config
             .policies
             .iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(i, spec)| {
                 let name = spec.display_name();
                 let (origin, text) = match (&spec.rego, &spec.config_map) {
                     (Some(rego), _) => ("inline".to_string(), Ok(rego.clone())),
                     (None, Some(cm)) => (
                         describe(cm, spec.key.as_deref()),
                         config_maps
-                            .get(cm)
-                            .ok_or(SourceError::NotFound {
-                                config_map: cm.clone(),
-                            })
+                            .get(cm, &format!("policies[{i}].configMap"))
                             .and_then(|c| source::policy_text(c, spec.key.as_deref())),
                     ),
                     (None, None) => (
@@ -284,26 +456,77 @@ impl HookRegistry {
                 )
             })
             .collect();
-        *write(&self.cluster) = HookSet { plugins, policies };
+        *write(&self.loaded.cluster) = Some(HookSet { plugins, policies });
+        *write(&self.loaded.cluster_report) = Some(report.clone());
+        *write(&self.loaded.cluster_config_error) = None;
+        self.loaded.loaded();
         report
     }
 
-    /// Loads (or reloads) one pool's plugins and initialization policy. `config_maps` holds the
-    /// ConfigMaps named by [`pool_config_maps`] that exist in the pool's namespace, by name.
+    /// The cluster-wide configuration could not be read or parsed: the hooks loaded before (if
+    /// any) stay in service, and every pool's HooksReady condition says why.
+    pub fn cluster_config_failed(&self, error: String) {
+        *write(&self.loaded.cluster_config_error) = Some(error);
+        self.loaded.loaded();
+    }
+
+    /// Whether a load of the cluster-wide hooks has completed.
+    pub fn cluster_loaded(&self) -> bool {
+        read(&self.loaded.cluster).is_some()
+    }
+
+    /// Waits at most `wait` for the first load of the cluster-wide hooks; whether it came.
+    pub async fn wait_for_cluster(&self, wait: Duration) -> bool {
+        let mut loads = self.loaded.loads.subscribe();
+        tokio::time::timeout(wait, async {
+            while !self.cluster_loaded() {
+                if loads.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok()
+            && self.cluster_loaded()
+    }
+
+    /// Loads (or hot-reloads) one pool's plugins and initialization policy. `config_maps` holds
+    /// the ConfigMaps named by [`pool_config_maps`] that exist in the pool's namespace, by name.
     pub fn load_pool(
         &self,
         pool: &crate::crd::WorkerPool,
         config_maps: &BTreeMap<String, ConfigMap>,
     ) -> LoadReport {
+        let mut fetched = FetchedConfigMaps::found(config_maps);
+        fetched.namespace = pool.metadata.namespace.clone().unwrap_or_default();
+        self.load_pool_from(pool, &fetched)
+    }
+
+    /// Loads (or hot-reloads) one pool's plugins and initialization policy from the ConfigMaps
+    /// named by [`pool_config_maps`], as read from the pool's namespace. A ConfigMap that could
+    /// not be read is one more load failure of the hooks that use it (the previous version
+    /// stays in service, or the failure policy decides); the load still completes, and the
+    /// pool's runs may be built from then on.
+    pub fn load_pool_from(
+        &self,
+        pool: &crate::crd::WorkerPool,
+        config_maps: &FetchedConfigMaps,
+    ) -> LoadReport {
         let scope = pool_scope(pool);
+        let uid = pool.metadata.uid.clone();
         let mut report = LoadReport {
             scope: scope.clone(),
             results: Vec::new(),
         };
-        let previous = read(&self.pools).get(&scope).cloned().unwrap_or_default();
+        let previous = read(&self.loaded.pools)
+            .get(&scope)
+            .filter(|p| p.uid == uid)
+            .map(|p| p.hooks.clone())
+            .unwrap_or_default();
         let plugins = self.load_plugins(
             &previous.plugins,
             &pool.spec.plugins,
+            "spec.plugins",
             config_maps,
             &mut report,
         );
@@ -313,12 +536,10 @@ impl HookRegistry {
             Ok(Some(policy)) => {
                 let name = format!("{}/{}", policy.config_map, policy.key);
                 let origin = describe(&policy.config_map, Some(&policy.key));
-                let text = match config_maps.get(&policy.config_map) {
-                    None if policy.optional => None,
-                    None => Some(Err(SourceError::NotFound {
-                        config_map: policy.config_map.clone(),
-                    })),
-                    Some(cm) => Some(source::policy_text(cm, Some(&policy.key))),
+                let text = match config_maps.get(&policy.config_map, &policy.field) {
+                    Err(SourceError::NotFound { .. }) if policy.optional => None,
+                    Err(error) => Some(Err(error)),
+                    Ok(cm) => Some(source::policy_text(cm, Some(&policy.key))),
                 };
                 if let Some(text) = text {
                     policies.push(self.load_policy(
@@ -335,7 +556,7 @@ impl HookRegistry {
             Err(error) => {
                 let name = "initialization-policy".to_string();
                 let error = error.to_string();
-                self.metrics.count_load_failure(&scope, &name);
+                self.metrics().count_load_failure(&scope, &name);
                 report.results.push(LoadResult {
                     kind: HookKind::Policy,
                     name: name.clone(),
@@ -356,53 +577,121 @@ impl HookRegistry {
                 });
             }
         }
-        write(&self.pools).insert(scope, HookSet { plugins, policies });
+        let hooks = HookSet { plugins, policies };
+        write(&self.loaded.pools).insert(scope, PoolHooks { uid, hooks });
+        self.loaded.loaded();
         report
     }
 
-    /// Forgets a deleted pool's hooks.
-    pub fn forget_pool(&self, pool: &crate::crd::WorkerPool) {
-        write(&self.pools).remove(&pool_scope(pool));
-    }
-
-    /// The pipeline for a run of `pool`, as the hooks stand now.
-    pub fn pipeline(&self, pool: &crate::crd::WorkerPool) -> Pipeline {
-        let scope = pool_scope(pool);
-        let cluster = read(&self.cluster);
-        let pools = read(&self.pools);
-        let own = pools.get(&scope);
-        Pipeline {
-            cluster_plugins: cluster.plugins.iter().map(PluginSlot::entry).collect(),
-            pool_plugins: own
-                .map(|s| s.plugins.iter().map(PluginSlot::entry).collect())
-                .unwrap_or_default(),
-            pool_policy: own
-                .and_then(|s| s.policies.first())
-                .map(|p| p.entry.clone()),
-            cluster_policies: cluster.policies.iter().map(|p| p.entry.clone()).collect(),
-            scope,
-            metrics: Some(self.metrics.clone()),
+    /// `HooksReady` for a pool: its own hooks' problems (from `pool_report`, its latest load)
+    /// and those of the cluster-wide hooks, which run on its Pods too.
+    pub fn pool_condition(&self, pool_report: &LoadReport) -> HooksCondition {
+        let mut problems: Vec<String> = pool_report.problems().map(LoadResult::message).collect();
+        let cluster_report = read(&self.loaded.cluster_report);
+        match cluster_report.as_ref() {
+            None => problems.push(format!(
+                "{}: the pool's runs wait for them, and are denied if they do not load",
+                self.loaded.cluster_not_loaded()
+            )),
+            Some(cluster) => {
+                problems.extend(
+                    cluster
+                        .problems()
+                        .map(|p| format!("cluster-wide {}", p.message())),
+                );
+                if let Some(error) = read(&self.loaded.cluster_config_error).as_deref() {
+                    problems.push(format!(
+                        "the cluster-wide hook configuration cannot be loaded: {error}; the cluster-wide hooks loaded before stay in service"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            let cluster = cluster_report.as_ref().map_or(0, |r| r.results.len());
+            HooksCondition {
+                type_: CONDITION_TYPE,
+                status: true,
+                reason: REASON_LOADED,
+                message: format!(
+                    "{} hooks loaded ({} of the pool, {cluster} cluster-wide)",
+                    pool_report.results.len() + cluster,
+                    pool_report.results.len()
+                ),
+            }
+        } else {
+            HooksCondition {
+                type_: CONDITION_TYPE,
+                status: false,
+                reason: REASON_LOAD_FAILED,
+                message: problems.join("; "),
+            }
         }
     }
 
+    /// The pools whose hooks are loaded: scope and `metadata.uid`.
+    pub fn pools(&self) -> Vec<(String, Option<String>)> {
+        read(&self.loaded.pools)
+            .iter()
+            .map(|(scope, own)| (scope.clone(), own.uid.clone()))
+            .collect()
+    }
+
+    /// Forgets the hooks and the hook metrics of a deleted pool (`scope`, `uid` as from
+    /// [`HookRegistry::pools`]). Hooks loaded since for another pool of the same name stay.
+    pub fn forget_pool(&self, scope: &str, uid: Option<&str>) {
+        let mut pools = write(&self.loaded.pools);
+        if pools
+            .get(scope)
+            .is_some_and(|own| own.uid.as_deref() == uid)
+        {
+            pools.remove(scope);
+            drop(pools);
+            self.metrics().forget_scope(scope);
+            self.loaded.loaded();
+        }
+    }
+
+    /// The pipeline for a run of `pool`, as the hooks stand now. Until both the cluster-wide
+    /// hooks and the pool's have loaded, it holds no hooks: [`Pipeline::evaluate_blocking`]
+    /// waits for them (at most the load wait) and [`Pipeline::evaluate`] denies.
+    pub fn pipeline(&self, pool: &crate::crd::WorkerPool) -> Pipeline {
+        let scope = pool_scope(pool);
+        let uid = pool.metadata.uid.clone();
+        match self.loaded.pipeline(&scope, uid.as_deref()) {
+            Ok(pipeline) => pipeline,
+            Err(reason) => Pipeline {
+                scope: scope.clone(),
+                metrics: Some(self.loaded.metrics.clone()),
+                pending: Some(PendingHooks {
+                    loaded: self.loaded.clone(),
+                    scope,
+                    uid,
+                    wait: self.load_wait,
+                    reason,
+                }),
+                ..Pipeline::default()
+            },
+        }
+    }
+
+    /// `field` is where `specs` are, e.g. `spec.plugins`.
     fn load_plugins(
         &self,
         previous: &[PluginSlot],
         specs: &[PluginSpec],
-        config_maps: &BTreeMap<String, ConfigMap>,
+        field: &str,
+        config_maps: &FetchedConfigMaps,
         report: &mut LoadReport,
     ) -> Vec<PluginSlot> {
         specs
             .iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(i, spec)| {
                 let name = spec.display_name().to_string();
                 let old = previous.iter().find(|slot| slot.name == name);
                 let origin = describe(&spec.config_map, spec.key.as_deref());
                 let bytes = config_maps
-                    .get(&spec.config_map)
-                    .ok_or(SourceError::NotFound {
-                        config_map: spec.config_map.clone(),
-                    })
+                    .get(&spec.config_map, &format!("{field}[{i}].configMap"))
                     .and_then(|cm| {
                         source::plugin_module(
                             cm,
@@ -467,7 +756,7 @@ impl HookRegistry {
                     (Ok(None), None) => unavailable("it has not been loaded".to_string()),
                 };
                 if !matches!(status, LoadStatus::Loaded { .. } | LoadStatus::Unchanged) {
-                    self.metrics.count_load_failure(&report.scope, &name);
+                    self.metrics().count_load_failure(&report.scope, &name);
                 }
                 report.results.push(LoadResult {
                     kind: HookKind::Plugin,
@@ -519,7 +808,7 @@ impl HookRegistry {
                 (slot, LoadStatus::Loaded { digest })
             }
             Err(error) => {
-                self.metrics.count_load_failure(&report.scope, name);
+                self.metrics().count_load_failure(&report.scope, name);
                 let slot = PolicySlot {
                     entry: PolicyEntry::Broken {
                         name: name.to_string(),

@@ -16,6 +16,14 @@ pub const INITIALIZATION_POLICY_ENV: &str = "SPACELIFT_LAUNCHER_RUN_INITIALIZATI
 pub enum SourceError {
     #[error("ConfigMap {config_map} was not found: create it or fix the reference")]
     NotFound { config_map: String },
+    /// The API did not return it (an error other than a 404); the load is tried again soon.
+    #[error("{field}: cannot read ConfigMap {namespace}/{config_map}: {error}")]
+    Unreadable {
+        field: String,
+        namespace: String,
+        config_map: String,
+        error: String,
+    },
     #[error("ConfigMap {config_map} has no key {key:?} in {field} (it has: {present})")]
     MissingKey {
         config_map: String,
@@ -56,6 +64,9 @@ pub struct InitializationPolicyRef {
     pub path: String,
     /// The volume's `optional`: a missing ConfigMap then means "no policy", as for the kubelet.
     pub optional: bool,
+    /// The WorkerPool field that names the ConfigMap, e.g.
+    /// `spec.pod.volumes[initialization-policy].configMap.name`.
+    pub field: String,
 }
 
 /// Finds the pool's initialization policy from its Pod template; `None` when the pool sets no
@@ -155,10 +166,11 @@ pub fn initialization_policy(
             key,
             path,
             optional: cm.optional.unwrap_or(false),
+            field: format!("{volume_field}.configMap.name"),
         }));
     }
     if let Some(projected) = &volume.projected {
-        for source in projected.sources.iter().flatten() {
+        for (i, source) in projected.sources.iter().flatten().enumerate() {
             if let Some(cm) = &source.config_map
                 && let Some(key) = key_for(&cm.items)
             {
@@ -167,6 +179,7 @@ pub fn initialization_policy(
                     key,
                     path,
                     optional: cm.optional.unwrap_or(false),
+                    field: format!("{volume_field}.projected.sources[{i}].configMap.name"),
                 }));
             }
         }

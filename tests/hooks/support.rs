@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use workerpool_operator::crd::{Worker, WorkerPool};
 use workerpool_operator::hooks::host::CompiledModule;
 use workerpool_operator::hooks::{
-    Allowed, Decision, Denial, FailurePolicy, HookInput, HookMetrics, HookRegistry, HostLimits,
-    Pipeline, Plugin, PluginEntry, PluginSpec, Policy, RegoVersion, WasmHost,
+    Allowed, Decision, Denial, FailurePolicy, HookConfig, HookInput, HookMetrics, HookRegistry,
+    HostLimits, Pipeline, Plugin, PluginEntry, PluginSpec, Policy, RegoVersion, WasmHost,
 };
 use workerpool_operator::protocol::RunSchedule;
 
@@ -69,12 +69,22 @@ pub fn host() -> Arc<WasmHost> {
         .clone()
 }
 
+/// A registry as the operator has it once its cluster-wide hooks have loaded (none here); a
+/// pool's own hooks still need `load_pool`.
 pub fn registry() -> HookRegistry {
+    let registry = unloaded_registry();
+    registry.load_cluster(&HookConfig::default(), &BTreeMap::new());
+    registry
+}
+
+/// A registry that has loaded nothing yet. A run waits at most 300 ms for its hooks.
+pub fn unloaded_registry() -> HookRegistry {
     HookRegistry::new(
         host(),
         Arc::new(HookMetrics::new()),
         Duration::from_millis(100),
     )
+    .with_load_wait(Duration::from_millis(300))
 }
 
 pub fn spec(settings: Option<serde_json::Value>, failure_policy: FailurePolicy) -> PluginSpec {
