@@ -11,7 +11,8 @@
 //! - [`invariants`]: what no hook may change, and `allowedRunnerImageHosts`;
 //! - [`trail`]: the record of which hook did what, written onto the Pod;
 //! - [`source`]: ConfigMaps and the pool's initialization policy volume;
-//! - [`registry`]: live hooks, hot reload, load reports;
+//! - [`registry`]: live hooks, hot reload, whether they have loaded;
+//! - [`report`]: load reports and the `HooksReady` condition;
 //! - [`config`]: the operator's cluster-wide hook configuration file;
 //! - [`metrics`]: per-hook metrics;
 //! - [`offline`]: hooks from files, for `render` and `plugin check`.
@@ -27,6 +28,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod registry;
 pub mod rego;
+pub mod report;
 pub mod source;
 mod spec;
 pub mod trail;

@@ -2,6 +2,7 @@
 //! initialization policy, found through the pool's volume, init-container mount and
 //! `SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY`. Pure: the controller fetches the ConfigMaps.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Volume};
@@ -51,6 +52,44 @@ pub enum SourceError {
         field: String,
         message: String,
     },
+}
+
+/// The ConfigMaps a scope's hooks name, as the controller read them from one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct FetchedConfigMaps {
+    /// Where they were read from (named in errors).
+    pub namespace: String,
+    /// Those that exist, by name. A name in neither map was not found.
+    pub found: BTreeMap<String, ConfigMap>,
+    /// Those the API did not return (an error other than NotFound), by name: why.
+    pub unreadable: BTreeMap<String, String>,
+}
+
+impl FetchedConfigMaps {
+    pub(super) fn found(config_maps: &BTreeMap<String, ConfigMap>) -> Self {
+        Self {
+            found: config_maps.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The ConfigMap `name`, which `field` names.
+    pub(super) fn get(&self, name: &str, field: &str) -> Result<&ConfigMap, SourceError> {
+        if let Some(config_map) = self.found.get(name) {
+            return Ok(config_map);
+        }
+        Err(match self.unreadable.get(name) {
+            Some(error) => SourceError::Unreadable {
+                field: field.to_string(),
+                namespace: self.namespace.clone(),
+                config_map: name.to_string(),
+                error: error.clone(),
+            },
+            None => SourceError::NotFound {
+                config_map: name.to_string(),
+            },
+        })
+    }
 }
 
 /// Where a pool's initialization policy lives.
