@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -285,7 +285,7 @@ pub async fn mark_reported(
         ANNOTATION_FINISHED_AT: at.to_string(),
     }}});
     ignore_not_found(
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+        pods.patch(name, &workers::patch_params(), &Patch::Merge(&mark))
             .await,
     )
 }

@@ -33,6 +33,21 @@ pub const SECRET_PUBLIC_KEY: &str = "publicKey";
 /// A Worker that is BUSY but whose Pod was never created is released after this long.
 const POD_CREATION_GRACE: Duration = Duration::from_secs(120);
 
+/// The parameters of every merge patch: written under the operator's one field manager.
+pub(super) fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
 /// Creates one Worker of `pool`: its key pair, the Worker, the Secret holding the key (owned
 /// by the Worker), then registers it with the backend.
 pub async fn create_worker(
@@ -85,10 +100,7 @@ async fn create_worker_inner(
         spec: WorkerSpec::default(),
         status: None,
     };
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..PostParams::default()
-    };
+    let params = post_params();
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
     let worker = workers.create(&params, &worker).await?;
 
@@ -273,11 +285,7 @@ async fn write_status(
         "status": status,
     });
     Ok(api
-        .patch_status(
-            &worker.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(&worker.name_any(), &patch_params(), &Patch::Merge(&patch))
         .await?)
 }
 
@@ -306,7 +314,7 @@ pub async fn update_status(
         let patch =
             json!({"metadata": {"resourceVersion": worker.resource_version()}, "status": value});
         match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(name, &patch_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(updated) => return Ok(Some(updated)),
@@ -422,7 +430,7 @@ pub async fn remove_finalizer(ctx: &Context, namespace: &str, name: &str) -> Res
         }
         let patch = json!({"metadata": {"resourceVersion": worker.resource_version(), "finalizers": finalizers}});
         match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(name, &patch_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => return Ok(()),
