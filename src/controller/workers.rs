@@ -480,6 +480,11 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
 /// with `--force`, or lost while the controller was down), the run is failed; if the Pod was
 /// never created (a crash between accepting the run and creating it) and the backend does not
 /// redeliver the schedule in time, the worker is released.
+///
+/// `worker` comes from the cache, which may not show yet that the run's outcome was reported
+/// and the worker freed (a successful Pod is deleted right after): before failing the run, the
+/// Worker and the Pod are read again under the worker's lock, which the Pod reconciler holds
+/// from its report until the worker is freed.
 async fn check_run_pod(
     ctx: &Arc<Context>,
     link: &Arc<PoolHandle>,
@@ -487,7 +492,20 @@ async fn check_run_pod(
     run: &CurrentRun,
 ) -> Result<Action, Error> {
     let namespace = worker.namespace().unwrap_or_default();
+    let name = worker.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if pods.get_opt(&run.pod_name).await?.is_some() {
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    let _guard = ctx.worker_lock(&namespace, &name).await;
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(fresh) = workers.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let Some(run) = still_holds(&fresh, run) else {
+        // Reported and freed meanwhile (or on to another run): nothing is missing.
+        return Ok(Action::requeue(ctx.config.resync));
+    };
     if pods.get_opt(&run.pod_name).await?.is_some() {
         return Ok(Action::requeue(ctx.config.resync));
     }
@@ -512,7 +530,6 @@ async fn check_run_pod(
             POD_CREATION_GRACE.saturating_sub(waited) + Duration::from_secs(1),
         ));
     };
-    let _guard = ctx.worker_lock(&namespace, &worker.name_any()).await;
     let ending = super::outcome::Ending {
         outcome: protocol::Outcome::Failed,
         cause: Some(cause),
@@ -522,17 +539,28 @@ async fn check_run_pod(
     };
     let run_ref = RunRef::new(&run.run_id, &run.stage, run.attempt);
     let record = super::runs::finished_record(&run_ref, &run.pod_name, &ending, Timestamp::now());
-    super::runs::report_finished(ctx, link, worker_ulid(worker)?, &record).await?;
+    super::runs::report_finished(ctx, link, worker_ulid(&fresh)?, &record).await?;
     ctx.event(
-        worker,
+        &fresh,
         EventType::Warning,
         "RunPodMissing",
         "ReportRun",
         message,
     )
     .await;
-    release(ctx, Some(link), &namespace, &worker.name_any(), record).await?;
+    release(ctx, Some(link), &namespace, &name, record).await?;
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// The run `fresh` (a Worker read again) holds, if it is still `seen`, the run whose Pod was
+/// found missing in an older copy. Its own copy is returned: `podCreated` may have changed.
+fn still_holds(fresh: &Worker, seen: &CurrentRun) -> Option<CurrentRun> {
+    fresh.status.as_ref()?.current_run.clone().filter(|run| {
+        run.pod_name == seen.pod_name
+            && run.run_id == seen.run_id
+            && run.stage == seen.stage
+            && run.attempt == seen.attempt
+    })
 }
 
 async fn deregister(
@@ -664,5 +692,28 @@ mod tests {
         let mut idle = busy_with("p", WorkerState::Idle, 0);
         idle.status = Some(WorkerStatus::default());
         assert_eq!(released(&idle, &record("p")), None);
+    }
+
+    #[test]
+    fn a_missing_pod_fails_only_the_run_the_worker_still_holds() {
+        let seen = busy_with("p", WorkerState::Busy, 0)
+            .status
+            .and_then(|s| s.current_run)
+            .unwrap();
+        // The Pod reconciler reported the run and freed the worker after the cached copy.
+        let freed = released(&busy_with("p", WorkerState::Busy, 0), &record("p")).unwrap();
+        let mut fresh = Worker::new("w", WorkerSpec::default());
+        fresh.status = Some(freed);
+        assert_eq!(still_holds(&fresh, &seen), None);
+        // On to the next run already.
+        assert_eq!(
+            still_holds(&busy_with("next", WorkerState::Busy, 1), &seen),
+            None
+        );
+        // Still holding it: its Pod is missing indeed.
+        assert_eq!(
+            still_holds(&busy_with("p", WorkerState::Busy, 0), &seen),
+            Some(seen)
+        );
     }
 }
