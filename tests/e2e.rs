@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
 use ulid::Ulid;
 use workerpool_operator::backend::state::StateDir;
+use workerpool_operator::controller::FINALIZER;
 use workerpool_operator::crd::{
-    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, WorkerState,
+    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerSpec,
+    WorkerState,
 };
 use workerpool_operator::credentials::BrokerUrl;
 use workerpool_operator::link::{BackendEndpoint, BackendLink, LinkOptions};
@@ -852,5 +854,61 @@ async fn deleting_workers_while_the_backend_is_down_ends_after_the_deadline() ->
         events.contains("did not confirm the deregistration"),
         "{events}"
     );
+    stack.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_worker_left_without_its_key_by_a_crash_gets_a_new_key_and_registers()
+-> anyhow::Result<()> {
+    let mut stack = Stack::with_pool("e2e-nokey", "nokey", 1, "").await?;
+    let pool_ulid = stack.worker_list().await?[0]
+        .labels()
+        .get(LABEL_WORKERPOOL)
+        .cloned()
+        .context("the worker's pool label")?;
+    // The operator stops after creating a Worker of a scale-out, before creating its key Secret.
+    stack.kill_operator();
+    stack.apply(&pool_yaml("nokey", "nokey", 2, ""))?;
+    let pool = stack.pools().get("nokey").await?;
+    let ulid = Ulid::generate();
+    let name = format!("nokey-{}", ulid.to_string().to_lowercase());
+    let mut orphan = Worker::new(&name, WorkerSpec::default());
+    orphan.metadata.labels = Some(
+        [
+            (LABEL_WORKERPOOL.to_string(), pool_ulid.clone()),
+            (LABEL_ULID.to_string(), ulid.to_string()),
+        ]
+        .into(),
+    );
+    orphan.metadata.annotations =
+        Some([(ANNOTATION_WORKERPOOL_NAME.to_string(), "nokey".to_string())].into());
+    orphan.metadata.owner_references = pool.controller_owner_ref(&()).map(|o| vec![o]);
+    orphan.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    stack
+        .workers()
+        .create(&PostParams::default(), &orphan)
+        .await?;
+
+    stack.restart_operator()?;
+    stack.wait_registered("nokey", 2).await?;
+    let workers = stack.worker_list().await?;
+    assert_eq!(workers.len(), 2, "healed, not replaced");
+    let healed = stack.workers().get(&name).await?;
+    assert_eq!(healed.status.and_then(|s| s.registered), Some(true));
+    let secrets: Api<Secret> = stack.ns.api();
+    let secret = secrets.get(&name).await?;
+    assert_eq!(secret.owner_references()[0].name, name);
+    let data = secret.data.unwrap_or_default();
+    assert!(data.contains_key("privateKey") && data.contains_key("publicKey"));
+    let events = stack.ns.kubectl([
+        "get",
+        "events",
+        "--field-selector",
+        "reason=WorkerKeyRecreated",
+        "-o",
+        "custom-columns=OBJECT:.involvedObject.name,MESSAGE:.message",
+    ])?;
+    assert!(events.contains(&name), "{events}");
+    assert!(events.contains("generated a new key pair"), "{events}");
     stack.ns.cleanup().await
 }

@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use ulid::Ulid;
 
+use super::keys::WorkerKey;
 use super::{
     Context, Error, FINALIZER, MANAGER, PoolHandle, ignore_not_found, is_conflict, is_not_found,
 };
@@ -88,7 +89,7 @@ async fn create_worker_inner(
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(namespace.clone()),
-            labels: Some(labels.clone()),
+            labels: Some(labels),
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_WORKERPOOL_NAME.to_string(),
                 pool.name_any(),
@@ -100,33 +101,17 @@ async fn create_worker_inner(
         spec: WorkerSpec::default(),
         status: None,
     };
-    let params = post_params();
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let worker = workers.create(&params, &worker).await?;
+    // Held until the registration is sent: the Worker reconciler, which sees the new Worker at
+    // once, must not take it for one whose key Secret was lost (see `register_again`).
+    let _guard = ctx.worker_lock(&namespace, &name).await;
+    let worker = workers.create(&post_params(), &worker).await?;
 
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(namespace.clone()),
-            labels: Some(labels),
-            owner_references: worker.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                SECRET_PRIVATE_KEY.to_string(),
-                ByteString(key.private_key_pem.into_bytes()),
-            ),
-            (
-                SECRET_PUBLIC_KEY.to_string(),
-                ByteString(key.public_key_pem.clone().into_bytes()),
-            ),
-        ])),
-        ..Secret::default()
-    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    match secrets.create(&params, &secret).await {
+    match secrets
+        .create(&post_params(), &key_secret(&worker, &key))
+        .await
+    {
         Ok(_) => {}
         Err(err) if is_conflict(&err) => {}
         Err(err) => return Err(err.into()),
@@ -145,6 +130,31 @@ async fn create_worker_inner(
     register(link, &worker, &key.public_key_pem).await?;
     tracing::info!(pool = %link.key, worker = %name, "worker created");
     Ok(())
+}
+
+/// The Secret holding a worker's key pair, named after the Worker and owned by it.
+fn key_secret(worker: &Worker, key: &WorkerKey) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(worker.name_any()),
+            namespace: worker.namespace(),
+            labels: Some(worker.labels().clone()),
+            owner_references: worker.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                SECRET_PRIVATE_KEY.to_string(),
+                ByteString(key.private_key_pem.clone().into_bytes()),
+            ),
+            (
+                SECRET_PUBLIC_KEY.to_string(),
+                ByteString(key.public_key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
 }
 
 /// Sends the worker's registration. The backend answers `worker.registered`, which sets
@@ -255,21 +265,66 @@ pub async fn report_all_states(
     Ok(())
 }
 
+/// Sends the registration of a worker the backend has not confirmed yet. The caller holds the
+/// worker's lock and read `worker` under it.
+///
+/// A worker without its key Secret never registered: the Secret is created before the first
+/// registration is sent, under the same lock. It is left by an operator stopped between creating
+/// the Worker and its Secret (or by someone deleting the Secret before the backend answered).
+/// The planner counts such a Worker as one of the pool's, so it must heal here: it gets a new
+/// key pair, which the backend takes as the worker's key on registration.
 async fn register_again(ctx: &Context, link: &PoolHandle, worker: &Worker) -> Result<(), Error> {
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
-    let public_key = secrets.get_opt(&worker.name_any()).await?.and_then(|s| {
-        s.data?
-            .get(SECRET_PUBLIC_KEY)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    });
-    match public_key {
-        Some(public_key) => register(link, worker, &public_key).await,
-        None => {
-            tracing::warn!(worker = %worker.name_any(), "the worker's key Secret is missing: it cannot register; delete the Worker and the pool will replace it");
-            Ok(())
-        }
+    let secret = secrets.get_opt(&worker.name_any()).await?;
+    let public_key = match secret.as_ref().and_then(public_key_of) {
+        Some(public_key) => public_key,
+        None => recreate_key(ctx, &secrets, worker, secret.is_some()).await?,
+    };
+    register(link, worker, &public_key).await
+}
+
+fn public_key_of(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(SECRET_PUBLIC_KEY)
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .filter(|k| !k.is_empty())
+}
+
+/// Gives a never-registered worker a new key pair in its Secret (created, or rewritten when it
+/// exists without a public key), records why, and returns the public key.
+async fn recreate_key(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    worker: &Worker,
+    secret_exists: bool,
+) -> Result<String, Error> {
+    let key = ctx.keys.take().await?;
+    let secret = key_secret(worker, &key);
+    if secret_exists {
+        let patch = json!({"data": secret.data});
+        secrets
+            .patch(&worker.name_any(), &patch_params(), &Patch::Merge(&patch))
+            .await?;
+    } else {
+        secrets.create(&post_params(), &secret).await?;
     }
+    let note = format!(
+        "the key Secret of worker {} was missing before the worker ever registered (the operator stopped between creating the Worker and its key, or the Secret was deleted); generated a new key pair and registered the worker with it",
+        worker.name_any()
+    );
+    tracing::warn!(worker = %worker.name_any(), "{note}");
+    ctx.event(
+        worker,
+        EventType::Warning,
+        "WorkerKeyRecreated",
+        "RegisterWorker",
+        note,
+    )
+    .await;
+    Ok(key.public_key_pem)
 }
 
 /// Replaces a Worker's status, failing on a concurrent change (the caller re-reads).
@@ -464,7 +519,16 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
     };
     let status = worker.status.clone().unwrap_or_default();
     if status.registered != Some(true) {
-        register_again(&ctx, &link, &worker).await?;
+        // Under the lock, read again: the worker may be in the middle of its creation, or
+        // registered since this (cached) copy was taken.
+        let _guard = ctx.worker_lock(&namespace, &name).await;
+        let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
+        if let Some(fresh) = workers.get_opt(&name).await?
+            && fresh.meta().deletion_timestamp.is_none()
+            && fresh.status.as_ref().and_then(|s| s.registered) != Some(true)
+        {
+            register_again(&ctx, &link, &fresh).await?;
+        }
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
     if let Some(run) = &status.current_run {
