@@ -120,7 +120,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     controller_config.link.metrics = Some(link_metrics);
     let ctx = Context::new(client.clone(), controller_config, metrics, hooks.clone());
     health.set_ready("kube-api");
-    let readiness = tokio::spawn(report_link_readiness(
+    let readiness = tokio::spawn(report_readiness(
         ctx.clone(),
         health.clone(),
         shutdown.clone(),
@@ -244,14 +244,26 @@ async fn reload_cluster_hooks(
     }
 }
 
-/// Readiness follows every pool's backend link.
-async fn report_link_readiness(ctx: Arc<Context>, health: Health, shutdown: Shutdown) {
+/// How often readiness asks the API server whether it answers.
+const API_CHECK_EVERY: u32 = 5;
+
+/// Readiness follows the API server (asked every 10 s) and every pool's backend link.
+async fn report_readiness(ctx: Arc<Context>, health: Health, shutdown: Shutdown) {
     let mut every = tokio::time::interval(Duration::from_secs(2));
     let mut known: Vec<String> = Vec::new();
-    loop {
+    for tick in 1u32.. {
         tokio::select! {
             _ = every.tick() => {}
             () = shutdown.clone().wait() => return,
+        }
+        if tick % API_CHECK_EVERY == 0 {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(5), ctx.client.apiserver_version()).await;
+            match answer {
+                Ok(Ok(_)) => health.set_ready("kube-api"),
+                Ok(Err(err)) => health.set_not_ready("kube-api", err.to_string()),
+                Err(_) => health.set_not_ready("kube-api", "no answer within 5s"),
+            }
         }
         let states = ctx.links.states();
         let names: Vec<String> = states

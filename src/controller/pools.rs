@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::plan::{WorkerView, plan_workers};
 use super::status::{CredentialState, Observation, pool_status, worker_counts};
-use super::{Context, Error, MANAGER, PoolHandle, PoolKey, ignore_not_found, workers};
+use super::{Context, Error, MANAGER, PoolHandle, PoolKey, ignore_not_found, is_conflict, workers};
 use crate::crd::{
     LABEL_ULID, LABEL_WORKERPOOL, SecretKeyRef, Worker, WorkerPool, WorkerPoolStatus, WorkerState,
 };
@@ -28,6 +28,9 @@ const CLUSTER_HOOKS_WAIT: Duration = Duration::from_secs(10);
 /// When a hook ConfigMap could not be read or the cluster-wide hooks had not loaded, the pool
 /// is reconciled again this soon (as after a failed reconcile).
 const HOOKS_RETRY: Duration = Duration::from_secs(5);
+
+/// While a pool's broker link is down, the pool is reconciled again this soon.
+const LINK_RETRY: Duration = Duration::from_secs(10);
 
 /// Reconciles one pool. Failures of one pool never stop the others: each pool is its own
 /// reconciliation, and a pool with bad input reports it on its status and events.
@@ -45,17 +48,26 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     // built only from loaded hooks (runs that come earlier wait for them).
     let hooks = load_hooks(&ctx, &pool).await;
 
-    let (credentials, link) = match read_credentials(&ctx, &pool).await? {
+    let registration = read_credentials(&ctx, &pool)
+        .await?
+        .and_then(|credentials| {
+            let Some(credentials) = credentials else {
+                return Ok(None);
+            };
+            let link = ctx
+                .links
+                .ensure(&ctx, &key, &credentials)
+                .map_err(|err| err.to_string())?;
+            Ok(Some((credentials, link)))
+        });
+    let (credentials, link) = match registration {
         Ok(None) => (CredentialState::Missing, None),
-        Ok(Some(credentials)) => match ctx.links.ensure(&ctx, &key, &credentials) {
-            Ok(link) => (
-                CredentialState::Valid {
-                    pool_ulid: credentials.pool_id.to_string(),
-                },
-                Some(link),
-            ),
-            Err(err) => (CredentialState::Invalid(err.to_string()), None),
-        },
+        Ok(Some((credentials, link))) => (
+            CredentialState::Valid {
+                pool_ulid: credentials.pool_id.to_string(),
+            },
+            Some(link),
+        ),
         Err(problem) => {
             tracing::error!(pool = %key, "{problem}");
             ctx.event(
@@ -112,8 +124,13 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         k8s_openapi::jiff::Timestamp::now(),
     );
     write_status(&ctx, &pool, status).await?;
+    let link_down = link.as_ref().is_some_and(|l| !l.state().is_connected());
     if hooks.retry_soon {
         Ok(Action::requeue(HOOKS_RETRY))
+    } else if link_down {
+        // A link that gave up is replaced by a later reconcile (with its own backoff), so a
+        // broker that comes up late is found without waiting for the resync.
+        Ok(Action::requeue(LINK_RETRY.min(ctx.config.resync)))
     } else {
         Ok(Action::requeue(ctx.config.resync))
     }
@@ -305,6 +322,41 @@ fn views_of(workers: &[Worker], pool_ulid: &str) -> Vec<WorkerView> {
         .collect()
 }
 
+/// Deletes a Worker the plan found idle, unless a schedule made it busy since the Workers were
+/// listed: under the worker's lock (which a schedule holds while it takes the worker) its
+/// current state is read again, and the delete is conditional on that version. A worker that
+/// took a run in between is left for the next reconcile, which drains it.
+async fn delete_if_still_idle(
+    ctx: &Context,
+    api: &Api<Worker>,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let _guard = ctx.worker_lock(namespace, name).await;
+    let Some(worker) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if worker
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_run.is_some())
+    {
+        tracing::info!(worker = %name, "not scaling down a worker that took a run meanwhile");
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: worker.resource_version(),
+            uid: worker.uid(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Err(err) if is_conflict(&err) => Ok(()), // changed meanwhile: the next reconcile decides
+        result => ignore_not_found(result).map(|_| ()),
+    }
+}
+
 /// Carries out a plan. Returns a (reason, message) when worker creation failed, for the
 /// Degraded condition; the failed Workers are retried at the next reconcile.
 async fn apply_plan(
@@ -316,7 +368,7 @@ async fn apply_plan(
     let namespace = pool.namespace().unwrap_or_default();
     let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
     for name in &plan.delete {
-        ignore_not_found(api.delete(name, &Default::default()).await)?;
+        delete_if_still_idle(ctx, &api, &namespace, name).await?;
     }
     for name in &plan.drain {
         workers::set_draining(ctx, link, &namespace, name, true).await?;

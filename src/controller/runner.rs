@@ -1,8 +1,10 @@
 //! Starts the three controllers (pools, workers, run Pods) for every watched namespace and
 //! stops them together.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
@@ -13,8 +15,11 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{Context, Error, pods, pools, workers};
+use super::{Context, Error, PoolKey, pods, pools, workers};
 use crate::crd::{Worker, WorkerPool};
+use crate::hooks::LoadReport;
+use crate::hooks::report::HooksCondition;
+use crate::link::LinkState;
 use crate::ops::shutdown::Shutdown;
 
 /// Runs the controllers until `shutdown` is triggered. `namespaces` empty means all namespaces.
@@ -47,6 +52,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
                     pools::pools_using_config_map(&by_config_map.state(), &config_map)
                 },
             )
+            .reconcile_all_on(nudges(ctx.clone(), scope.map(str::to_string)))
             .graceful_shutdown_on(shutdown.clone().wait())
             .run(pools::reconcile, error_policy("workerpool"), ctx.clone())
             .for_each(log_result("workerpool"));
@@ -114,6 +120,54 @@ where
 /// Logs what the controller stream reports besides reconciles: a failing watch (e.g. the
 /// ServiceAccount may not list a resource) is a warning, as nothing is reconciled while it
 /// lasts; a failed reconcile was logged by [`error_policy`] already.
+/// How often [`nudges`] looks at the links and the cluster-wide hooks.
+const NUDGE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Ticks when something no watch sees changed, so that the pools are reconciled at once
+/// instead of at the next resync: a pool's broker link connected, was lost or gave up (its
+/// `Registered` condition and readiness), or the cluster-wide hooks loaded or failed (every
+/// pool's `HooksReady`). One tick covers every change seen in an interval, so a broker outage
+/// felt by many pools reconciles each of them once.
+fn nudges(ctx: Arc<Context>, scope: Option<String>) -> impl futures::Stream<Item = ()> + Send {
+    type Seen = (HashMap<PoolKey, u8>, Option<HooksCondition>);
+    let seen: Seen = (HashMap::new(), None);
+    futures::stream::unfold((ctx, seen), move |(ctx, (mut links, mut cluster))| {
+        let scope = scope.clone();
+        async move {
+            loop {
+                tokio::time::sleep(NUDGE_INTERVAL).await;
+                let cluster_now = ctx.hooks.pool_condition(&LoadReport::default());
+                let mut changed = cluster.as_ref().is_some_and(|c| *c != cluster_now);
+                cluster = Some(cluster_now);
+                let now: HashMap<PoolKey, u8> = ctx
+                    .links
+                    .states()
+                    .into_iter()
+                    .filter(|(key, _)| scope.as_ref().is_none_or(|ns| *ns == key.namespace))
+                    .map(|(key, state)| (key, link_class(&state)))
+                    .collect();
+                changed |= now
+                    .iter()
+                    .any(|(key, class)| links.get(key).is_some_and(|before| before != class));
+                links = now;
+                if changed {
+                    return Some(((), (ctx, (links, cluster))));
+                }
+            }
+        }
+    })
+}
+
+/// The part of a link's state that a pool's status shows.
+fn link_class(state: &LinkState) -> u8 {
+    match state {
+        LinkState::Connected { .. } => 0,
+        LinkState::Connecting { .. } | LinkState::Reconnecting { .. } => 1,
+        LinkState::Failed { .. } => 2,
+        LinkState::Closed => 3,
+    }
+}
+
 fn log_result<T: Debug, E1: std::error::Error, E2: std::error::Error>(
     controller: &'static str,
 ) -> impl FnMut(Result<T, kube::runtime::controller::Error<E1, E2>>) -> std::future::Ready<()> {

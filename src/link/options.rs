@@ -123,7 +123,7 @@ impl std::fmt::Display for LinkState {
 pub enum LinkError {
     /// `mqtt://` without `allow_insecure`.
     #[error(
-        "refusing plain {0}: use mqtts:// or explicitly allow insecure MQTT for local experiments"
+        "refusing plain {0}: use mqtts://, or for local experiments only start the operator with --allow-insecure-mqtt"
     )]
     InsecureRefused(String),
     /// The credentials do not make a TLS configuration.
