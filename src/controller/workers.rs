@@ -77,7 +77,7 @@ async fn create_worker_inner(
     link: &PoolHandle,
 ) -> Result<(), Error> {
     let namespace = pool.namespace().unwrap_or_default();
-    let key = ctx.keys.take().await?;
+    let key = ctx.keys.take(&link.pool_id.to_string()).await?;
     let ulid = Ulid::generate();
     let name = format!("{}-{}", pool.name_any(), ulid.to_string().to_lowercase());
     let owner = pool.controller_owner_ref(&()).into_iter().collect();
@@ -279,7 +279,7 @@ async fn register_again(ctx: &Context, link: &PoolHandle, worker: &Worker) -> Re
     let secret = secrets.get_opt(&worker.name_any()).await?;
     let public_key = match secret.as_ref().and_then(public_key_of) {
         Some(public_key) => public_key,
-        None => recreate_key(ctx, &secrets, worker, secret.is_some()).await?,
+        None => recreate_key(ctx, link, &secrets, worker, secret.is_some()).await?,
     };
     register(link, worker, &public_key).await
 }
@@ -297,11 +297,12 @@ fn public_key_of(secret: &Secret) -> Option<String> {
 /// exists without a public key), records why, and returns the public key.
 async fn recreate_key(
     ctx: &Context,
+    link: &PoolHandle,
     secrets: &Api<Secret>,
     worker: &Worker,
     secret_exists: bool,
 ) -> Result<String, Error> {
-    let key = ctx.keys.take().await?;
+    let key = ctx.keys.take(&link.pool_id.to_string()).await?;
     let secret = key_secret(worker, &key);
     if secret_exists {
         let patch = json!({"data": secret.data});
