@@ -127,6 +127,9 @@ impl KeySource {
                     if reserve.len() < source.reserve_target {
                         reserve.push(key);
                     }
+                    drop(reserve);
+                    // The core is free again: keep going until the reserve is full.
+                    source.refill();
                 }
             });
         }
@@ -278,15 +281,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_reserve_fills_up_and_is_used_first() {
-        let source = KeySource::new(2);
+        // More keys than cores: one refill keeps going until the reserve is full.
+        let target = std::thread::available_parallelism().map_or(1, |n| n.get()) + 2;
+        let source = KeySource::new(target);
         source.refill();
-        for _ in 0..100 {
-            if source.reserved() == 2 {
+        for _ in 0..200 {
+            if source.reserved() == target {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        assert_eq!(source.reserved(), 2);
+        assert_eq!(source.reserved(), target);
         let a = source.take("pool").await.unwrap();
         let b = source.take("pool").await.unwrap();
         assert_ne!(a.private_key_pem, b.private_key_pem);

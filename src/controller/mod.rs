@@ -109,6 +109,8 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let keys = keys::KeySource::new(config.key_reserve);
+        // Ready keys make the first Workers of the first scale-out instant.
+        keys.refill();
         let links = LinkManager::new(config.link.clone());
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),

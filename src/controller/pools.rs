@@ -276,7 +276,7 @@ async fn label_with_ulid(ctx: &Context, pool: &WorkerPool, ulid: &str) -> Result
     let patch = json!({"metadata": {"labels": {LABEL_ULID: ulid}}});
     api.patch(
         &pool.name_any(),
-        &PatchParams::default(),
+        &workers::patch_params(),
         &Patch::Merge(&patch),
     )
     .await?;
