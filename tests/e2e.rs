@@ -17,8 +17,8 @@ use ulid::Ulid;
 use workerpool_operator::backend::state::StateDir;
 use workerpool_operator::controller::FINALIZER;
 use workerpool_operator::crd::{
-    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerSpec,
-    WorkerState,
+    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool,
+    WorkerSpec, WorkerState,
 };
 use workerpool_operator::credentials::BrokerUrl;
 use workerpool_operator::link::{BackendEndpoint, BackendLink, LinkOptions};
@@ -910,5 +910,38 @@ async fn a_worker_left_without_its_key_by_a_crash_gets_a_new_key_and_registers()
     ])?;
     assert!(events.contains(&name), "{events}");
     assert!(events.contains("generated a new key pair"), "{events}");
+    stack.ns.cleanup().await
+}
+
+/// A broker that is down when the operator starts, past its first-connection retries, is found
+/// once it comes up: meanwhile the pool says the broker is unreachable, then it registers.
+#[tokio::test]
+async fn a_broker_that_comes_up_late_is_found_and_the_pool_registers() -> anyhow::Result<()> {
+    let mut stack = Stack::new("e2e-late").await?;
+    stack.create_credentials("late", "late")?;
+    stack.broker.stop();
+    stack.start_operator(&["--mqtt-reconnect-retry-count=1"])?;
+    stack.apply(&pool_yaml("late", "late", 1, ""))?;
+    let registered = |pool: WorkerPool| {
+        pool.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Registered")
+    };
+    let gave_up = wait_for("the pool saying its broker link gave up", WAIT, || async {
+        let condition = registered(stack.pools().get("late").await?);
+        Ok(condition.filter(|c| c.reason == "BrokerUnreachable" && c.message.contains("failed:")))
+    })
+    .await
+    .with_context(|| stack.diagnostics())?;
+    assert_eq!(gave_up.status, "False");
+
+    stack.broker.restart();
+    stack.wait_registered("late", 1).await?;
+    let condition = registered(stack.pools().get("late").await?).context("no Registered")?;
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Connected")
+    );
     stack.ns.cleanup().await
 }
