@@ -77,11 +77,10 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
         options.plugin_cache_dir.as_deref(),
     )
     .map_err(|e| OperatorError::WasmHost(e.to_string()))?;
-    let hooks = Arc::new(HookRegistry::new(
-        host,
-        hook_metrics,
-        hook_config.limits.policy_timeout(),
-    ));
+    let hooks = Arc::new(
+        HookRegistry::new(host, hook_metrics, hook_config.limits.policy_timeout())
+            .with_pool_plugin_caps(hook_config.limits.pool_plugin_caps()),
+    );
 
     let mut servers = Vec::new();
     if let Some(address) = options.probe_address {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hooks_support::*;
+use workerpool_operator::hooks::config::PoolPluginCaps;
 use workerpool_operator::hooks::registry::{FetchedConfigMaps, LoadStatus, pool_config_maps};
 use workerpool_operator::hooks::{
     Decision, FailurePolicy, HookConfig, HookMetrics, Outcome, Plugin, PluginSpec, PolicyEntry,
@@ -602,6 +603,86 @@ fn one_pools_broken_hooks_do_not_touch_another_pool() {
         Decision::Denied(_)
     ));
     allowed(registry.pipeline(&other).evaluate(input_for(&other)));
+}
+
+#[test]
+fn a_pool_plugin_asking_for_more_than_the_operators_caps_is_refused_at_load() {
+    let registry = registry();
+    let mut pool = pool();
+    pool.spec.pod = None;
+    let asking = |timeout_millis, memory_limit_mib| PluginSpec {
+        config_map: "deny-latest".into(),
+        timeout_millis,
+        memory_limit_mib,
+        ..spec(Some(serde_json::json!({})), FailurePolicy::Fail)
+    };
+    let maps = BTreeMap::from([(
+        "deny-latest".to_string(),
+        config_map(
+            "deny-latest",
+            "default",
+            &[("plugin.wasm", example("deny-latest"))],
+        ),
+    )]);
+    pool.spec.plugins = vec![asking(None, Some(1024))];
+    let report = registry.load_pool(&pool, &maps);
+    let refused = "spec.plugins[0].memoryLimitMib: 1024 MiB is more than a pool plugin may ask \
+                   for (at most 64 MiB, set by the operator's administrator as \
+                   limits.maxPluginMemoryLimitMib in its hook configuration, Helm value \
+                   hooks.limits.maxPluginMemoryLimitMib)";
+    let problems: Vec<String> = report.problems().map(|p| p.message()).collect();
+    assert_eq!(
+        problems,
+        [format!(
+            "plugin \"deny-latest\" (ConfigMap deny-latest): {refused}; runs are denied until \
+             it loads (failurePolicy: Fail)"
+        )]
+    );
+    let condition = registry.pool_condition(&report);
+    assert_eq!(
+        (condition.status, condition.message.as_str()),
+        (false, problems[0].as_str())
+    );
+    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    assert_eq!(
+        denial.reasons,
+        [format!(
+            "pool plugin \"deny-latest\" failed: is not loaded: {refused}"
+        )]
+    );
+
+    // Up to the caps it loads; a new version that asks for more leaves it in service.
+    pool.spec.plugins = vec![asking(Some(1000), Some(64))];
+    assert!(registry.load_pool(&pool, &maps).is_healthy());
+    pool.spec.plugins = vec![asking(Some(10000), Some(64))];
+    let report = registry.load_pool(&pool, &maps);
+    let message = report.problems().next().unwrap().message();
+    assert!(
+        message.contains(
+            "spec.plugins[0].timeoutMillis: 10000 ms is more than a pool plugin may ask for (at \
+             most 1000 ms, set by the operator's administrator as limits.maxPluginTimeoutMillis \
+             in its hook configuration, Helm value hooks.limits.maxPluginTimeoutMillis); the \
+             previous version sha256:"
+        ),
+        "{message}"
+    );
+    allowed(registry.pipeline(&pool).evaluate(input_for(&pool)));
+
+    // Cluster plugins are the administrator's own: not capped.
+    let config = HookConfig::parse(
+        "plugins:\n  - configMap: deny-latest\n    settings: {}\n    timeoutMillis: 10000\n    memoryLimitMib: 1024\n",
+        "hooks.yaml",
+    )
+    .unwrap();
+    assert!(registry.load_cluster(&config, &maps).is_healthy());
+
+    // The administrator may raise the caps.
+    let raised = unloaded_registry().with_pool_plugin_caps(PoolPluginCaps {
+        timeout_millis: 10000,
+        memory_limit_mib: 1024,
+    });
+    pool.spec.plugins = vec![asking(Some(10000), Some(1024))];
+    assert!(raised.load_pool(&pool, &maps).is_healthy());
 }
 
 // ---- registry: no run is built before its hooks have loaded ------------------------------------

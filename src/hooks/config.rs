@@ -18,6 +18,8 @@
 //! limits:
 //!   pluginTimeoutMillis: 100
 //!   pluginMemoryLimitMib: 64
+//!   maxPluginTimeoutMillis: 1000   # the most a pool plugin may ask for
+//!   maxPluginMemoryLimitMib: 64
 //!   maxOutputBytes: 1048576
 //!   policyTimeoutMillis: 100
 //! ```
@@ -42,7 +44,7 @@ pub struct HookConfig {
     pub limits: ConfigLimits,
 }
 
-/// Defaults and caps for every hook.
+/// Defaults for every hook, and the most a pool plugin may ask for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigLimits {
@@ -52,6 +54,15 @@ pub struct ConfigLimits {
     /// Default memory cap of a plugin call; a plugin's `memoryLimitMib` overrides it.
     #[serde(default = "default_memory")]
     pub plugin_memory_limit_mib: u32,
+    /// The longest `timeoutMillis` a pool plugin may ask for. Cluster plugins are not capped:
+    /// the administrator who sets this also writes them.
+    #[serde(default = "default_max_timeout")]
+    pub max_plugin_timeout_millis: u32,
+    /// The largest `memoryLimitMib` a pool plugin may ask for. A call's memory is the
+    /// operator's own: the chart's operator Pod has 128 MiB in all, so one 64 MiB call leaves
+    /// the operator about half of it, and a pool author cannot ask for the rest.
+    #[serde(default = "default_memory")]
+    pub max_plugin_memory_limit_mib: u32,
     /// Largest output a plugin may return.
     #[serde(default = "default_output")]
     pub max_output_bytes: u32,
@@ -66,6 +77,11 @@ fn default_timeout() -> u32 {
 fn default_memory() -> u32 {
     64
 }
+/// Ten times the default: room for a slow plugin, while a pool of 16 plugins still cannot hold
+/// a run for more than 16 s.
+fn default_max_timeout() -> u32 {
+    1000
+}
 fn default_output() -> u32 {
     1 << 20
 }
@@ -75,6 +91,8 @@ impl Default for ConfigLimits {
         Self {
             plugin_timeout_millis: default_timeout(),
             plugin_memory_limit_mib: default_memory(),
+            max_plugin_timeout_millis: default_max_timeout(),
+            max_plugin_memory_limit_mib: default_memory(),
             max_output_bytes: default_output(),
             policy_timeout_millis: default_timeout(),
         }
@@ -94,6 +112,65 @@ impl ConfigLimits {
 
     pub fn policy_timeout(&self) -> Duration {
         Duration::from_millis(u64::from(self.policy_timeout_millis))
+    }
+
+    /// The most a pool plugin may ask for.
+    pub fn pool_plugin_caps(&self) -> PoolPluginCaps {
+        PoolPluginCaps {
+            timeout_millis: self.max_plugin_timeout_millis,
+            memory_limit_mib: self.max_plugin_memory_limit_mib,
+        }
+    }
+}
+
+/// The most a pool plugin (a WorkerPool's `spec.plugins`, written by whoever may edit the
+/// pool) may ask for with `timeoutMillis` and `memoryLimitMib`: its calls run inside the
+/// operator, so one greedy pool could otherwise take the operator down for every pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolPluginCaps {
+    pub timeout_millis: u32,
+    pub memory_limit_mib: u32,
+}
+
+impl Default for PoolPluginCaps {
+    fn default() -> Self {
+        ConfigLimits::default().pool_plugin_caps()
+    }
+}
+
+impl PoolPluginCaps {
+    /// Refuses `spec`, the pool plugin at `field` (e.g. `spec.plugins[0]`), when it asks for
+    /// more than the caps: the message names the field, the cap and where the cap is set.
+    pub fn check(&self, field: &str, spec: &PluginSpec) -> Result<(), String> {
+        let over = |name: &str, asked: u32, cap: u32, unit: &str, setting: &str| {
+            format!(
+                "{field}.{name}: {asked} {unit} is more than a pool plugin may ask for (at most \
+                 {cap} {unit}, set by the operator's administrator as {setting} in its hook \
+                 configuration, Helm value hooks.{setting})"
+            )
+        };
+        if let Some(asked) = spec.timeout_millis.filter(|&ms| ms > self.timeout_millis) {
+            return Err(over(
+                "timeoutMillis",
+                asked,
+                self.timeout_millis,
+                "ms",
+                "limits.maxPluginTimeoutMillis",
+            ));
+        }
+        if let Some(asked) = spec
+            .memory_limit_mib
+            .filter(|&mib| mib > self.memory_limit_mib)
+        {
+            return Err(over(
+                "memoryLimitMib",
+                asked,
+                self.memory_limit_mib,
+                "MiB",
+                "limits.maxPluginMemoryLimitMib",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -204,11 +281,45 @@ impl HookConfig {
                 "limits.pluginMemoryLimitMib",
                 limits.plugin_memory_limit_mib,
             ),
+            (
+                "limits.maxPluginTimeoutMillis",
+                limits.max_plugin_timeout_millis,
+            ),
+            (
+                "limits.maxPluginMemoryLimitMib",
+                limits.max_plugin_memory_limit_mib,
+            ),
             ("limits.maxOutputBytes", limits.max_output_bytes),
             ("limits.policyTimeoutMillis", limits.policy_timeout_millis),
         ] {
             if value == 0 {
                 return Err(invalid(field.into(), "must be greater than 0".into()));
+            }
+        }
+        // The default applies to pool plugins that ask for nothing, so it must be within the cap.
+        for (field, default, cap_field, cap) in [
+            (
+                "limits.pluginTimeoutMillis",
+                limits.plugin_timeout_millis,
+                "limits.maxPluginTimeoutMillis",
+                limits.max_plugin_timeout_millis,
+            ),
+            (
+                "limits.pluginMemoryLimitMib",
+                limits.plugin_memory_limit_mib,
+                "limits.maxPluginMemoryLimitMib",
+                limits.max_plugin_memory_limit_mib,
+            ),
+        ] {
+            if default > cap {
+                return Err(invalid(
+                    field.into(),
+                    format!(
+                        "{default} is more than {cap_field} ({cap}), the most a pool plugin may \
+                         ask for, and pool plugins that ask for nothing get it: raise \
+                         {cap_field} too, or lower {field}"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -264,6 +375,68 @@ limits:
         assert_eq!(config.policies[1].display_name(), "inline");
         assert_eq!(config.limits.policy_timeout(), Duration::from_millis(20));
         assert_eq!(config.limits.plugin_timeout_millis, 100);
+        assert_eq!(
+            config.limits.pool_plugin_caps(),
+            PoolPluginCaps {
+                timeout_millis: 1000,
+                memory_limit_mib: 64
+            }
+        );
+    }
+
+    #[test]
+    fn a_default_above_its_cap_is_refused_naming_both_settings() {
+        let err =
+            HookConfig::parse("limits:\n  pluginMemoryLimitMib: 128\n", "hooks.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hooks.yaml: limits.pluginMemoryLimitMib: 128 is more than \
+             limits.maxPluginMemoryLimitMib (64), the most a pool plugin may ask for, and pool \
+             plugins that ask for nothing get it: raise limits.maxPluginMemoryLimitMib too, or \
+             lower limits.pluginMemoryLimitMib"
+        );
+        let config = HookConfig::parse(
+            "limits:\n  pluginMemoryLimitMib: 128\n  maxPluginMemoryLimitMib: 128\n",
+            "hooks.yaml",
+        )
+        .unwrap();
+        assert_eq!(config.limits.pool_plugin_caps().memory_limit_mib, 128);
+    }
+
+    #[test]
+    fn a_pool_plugin_may_ask_for_up_to_the_caps_and_no_more() {
+        let caps = PoolPluginCaps::default();
+        let asking = |timeout_millis, memory_limit_mib| PluginSpec {
+            config_map: "hog".into(),
+            timeout_millis,
+            memory_limit_mib,
+            ..PluginSpec::default()
+        };
+        assert_eq!(caps.check("spec.plugins[0]", &asking(None, None)), Ok(()));
+        assert_eq!(
+            caps.check("spec.plugins[0]", &asking(Some(1000), Some(64))),
+            Ok(())
+        );
+        assert_eq!(
+            caps.check("spec.plugins[2]", &asking(Some(10000), None)),
+            Err(
+                "spec.plugins[2].timeoutMillis: 10000 ms is more than a pool plugin may ask for \
+                 (at most 1000 ms, set by the operator's administrator as \
+                 limits.maxPluginTimeoutMillis in its hook configuration, Helm value \
+                 hooks.limits.maxPluginTimeoutMillis)"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            caps.check("spec.plugins[1]", &asking(None, Some(1024))),
+            Err(
+                "spec.plugins[1].memoryLimitMib: 1024 MiB is more than a pool plugin may ask for \
+                 (at most 64 MiB, set by the operator's administrator as \
+                 limits.maxPluginMemoryLimitMib in its hook configuration, Helm value \
+                 hooks.limits.maxPluginMemoryLimitMib)"
+                    .to_string()
+            )
+        );
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl Plugin {
     ) -> Result<Self, LoadError> {
         let module = host.compile(bytes)?;
         let host_limits = host.limits();
+        // A pool plugin's own values were checked against the operator's caps by the registry.
         let limits = CallLimits {
             timeout: spec.timeout_millis.map_or(host_limits.timeout, |ms| {
                 Duration::from_millis(u64::from(ms))

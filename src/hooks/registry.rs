@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use tokio::sync::watch;
 
-use super::config::HookConfig;
+use super::config::{HookConfig, PoolPluginCaps};
 use super::host::{Digest, WasmHost};
 use super::metrics::HookMetrics;
 use super::pipeline::{Pipeline, PluginEntry, PolicyEntry};
@@ -164,6 +164,7 @@ impl PendingHooks {
 pub struct HookRegistry {
     host: Arc<WasmHost>,
     policy_timeout: Duration,
+    pool_plugin_caps: PoolPluginCaps,
     load_wait: Duration,
     loaded: Arc<Loaded>,
 }
@@ -204,6 +205,7 @@ impl HookRegistry {
         Self {
             host,
             policy_timeout,
+            pool_plugin_caps: PoolPluginCaps::default(),
             load_wait: DEFAULT_LOAD_WAIT,
             loaded: Arc::new(Loaded {
                 metrics,
@@ -220,6 +222,13 @@ impl HookRegistry {
     /// ([`DEFAULT_LOAD_WAIT`] unless set).
     pub fn with_load_wait(mut self, wait: Duration) -> Self {
         self.load_wait = wait;
+        self
+    }
+
+    /// The most a pool plugin may ask for (the configuration's defaults unless set). A pool
+    /// plugin that asks for more is refused at load; cluster plugins are not capped.
+    pub fn with_pool_plugin_caps(mut self, caps: PoolPluginCaps) -> Self {
+        self.pool_plugin_caps = caps;
         self
     }
 
@@ -257,6 +266,7 @@ impl HookRegistry {
             &previous.plugins,
             &config.plugins,
             "plugins",
+            None,
             config_maps,
             &mut report,
         );
@@ -364,6 +374,7 @@ impl HookRegistry {
             &previous.plugins,
             &pool.spec.plugins,
             "spec.plugins",
+            Some(&self.pool_plugin_caps),
             config_maps,
             &mut report,
         );
@@ -511,12 +522,14 @@ impl HookRegistry {
         }
     }
 
-    /// `field` is where `specs` are, e.g. `spec.plugins`.
+    /// `field` is where `specs` are, e.g. `spec.plugins`; `caps` bound what they may ask for
+    /// (pool plugins), checked before anything is read or compiled.
     fn load_plugins(
         &self,
         previous: &[PluginSlot],
         specs: &[PluginSpec],
         field: &str,
+        caps: Option<&PoolPluginCaps>,
         config_maps: &FetchedConfigMaps,
         report: &mut LoadReport,
     ) -> Vec<PluginSlot> {
@@ -527,16 +540,21 @@ impl HookRegistry {
                 let name = spec.display_name().to_string();
                 let old = previous.iter().find(|slot| slot.name == name);
                 let origin = describe(&spec.config_map, spec.key.as_deref());
-                let bytes = config_maps
-                    .get(&spec.config_map, &format!("{field}[{i}].configMap"))
-                    .and_then(|cm| {
-                        source::plugin_module(
-                            cm,
-                            spec.key.as_deref(),
-                            self.host.limits().max_module_bytes,
-                        )
-                    });
-                let result = bytes.map_err(|e| e.to_string()).and_then(|bytes| {
+                let allowed =
+                    caps.map_or(Ok(()), |caps| caps.check(&format!("{field}[{i}]"), spec));
+                let bytes = allowed.and_then(|()| {
+                    config_maps
+                        .get(&spec.config_map, &format!("{field}[{i}].configMap"))
+                        .and_then(|cm| {
+                            source::plugin_module(
+                                cm,
+                                spec.key.as_deref(),
+                                self.host.limits().max_module_bytes,
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                });
+                let result = bytes.and_then(|bytes| {
                     let digest = Digest::of(&bytes);
                     if let Some(old) = old
                         && old.active.is_some()

@@ -25,11 +25,15 @@ pub struct PluginSpec {
     /// `Ignore` skips the plugin and records why. Defaults to `Fail`.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
-    /// Deadline for one call, in milliseconds. Defaults to 100.
+    /// Deadline for one call, in milliseconds. Defaults to the operator's
+    /// `limits.pluginTimeoutMillis` (100). A pool plugin asking for more than the operator's
+    /// `limits.maxPluginTimeoutMillis` (1000) is refused at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub timeout_millis: Option<u32>,
-    /// Memory cap for one call, in MiB. Defaults to 64.
+    /// Memory cap for one call, in MiB. Defaults to the operator's `limits.pluginMemoryLimitMib`
+    /// (64). A pool plugin asking for more than the operator's `limits.maxPluginMemoryLimitMib`
+    /// (64) is refused at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024), extend("format" = "int32"))]
     pub memory_limit_mib: Option<u32>,

@@ -81,6 +81,39 @@ fn typos_and_bad_values_are_refused() -> anyhow::Result<()> {
 }
 
 #[test]
+fn hook_limit_defaults_above_their_pool_plugin_caps_are_refused() -> anyhow::Result<()> {
+    let err = render_error(&["--set", "hooks.limits.pluginMemoryLimitMib=128"])?;
+    assert!(
+        err.contains(
+            "hooks.limits.pluginMemoryLimitMib: 128 is more than \
+             hooks.limits.maxPluginMemoryLimitMib (64), the most a pool plugin may ask for"
+        ),
+        "{err}"
+    );
+    let err = render_error(&["--set", "hooks.limits.maxPluginTimeoutMillis=50"])?;
+    assert!(
+        err.contains(
+            "hooks.limits.pluginTimeoutMillis: 100 is more than \
+             hooks.limits.maxPluginTimeoutMillis (50)"
+        ),
+        "{err}"
+    );
+    // Raised together, the operator takes them.
+    let r = render(&[
+        "--set",
+        "hooks.limits.pluginMemoryLimitMib=96",
+        "--set",
+        "hooks.limits.maxPluginMemoryLimitMib=96",
+        "--set",
+        "hooks.limits.maxPluginTimeoutMillis=2000",
+    ])?;
+    let config = HookConfig::parse(&r.hook_config()?, "hooks.yaml")?;
+    let caps = config.limits.pool_plugin_caps();
+    assert_eq!((caps.timeout_millis, caps.memory_limit_mib), (2000, 96));
+    Ok(())
+}
+
+#[test]
 fn the_examples_render_the_operators_hook_config_format() -> anyhow::Result<()> {
     let examples = examples_values().display().to_string();
     let r = render(&["-f", &examples])?;

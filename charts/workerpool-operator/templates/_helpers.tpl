@@ -105,6 +105,14 @@ the fix. Included by the Deployment, so it runs for every rendering.
 {{- if and .Values.pdb.enabled (hasKey .Values.pdb "minAvailable") (hasKey .Values.pdb "maxUnavailable") }}
 {{- fail "pdb: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
+{{- $limits := .Values.hooks.limits }}
+{{- range $setting := list (list "pluginTimeoutMillis" 100 "maxPluginTimeoutMillis" 1000) (list "pluginMemoryLimitMib" 64 "maxPluginMemoryLimitMib" 64) }}
+{{- $default := index $limits (index $setting 0) | default (index $setting 1) | int }}
+{{- $cap := index $limits (index $setting 2) | default (index $setting 3) | int }}
+{{- if gt $default $cap }}
+{{- fail (printf "hooks.limits.%s: %d is more than hooks.limits.%s (%d), the most a pool plugin may ask for, and pool plugins that ask for nothing get it: raise hooks.limits.%s too, or lower hooks.limits.%s" (index $setting 0) $default (index $setting 2) $cap (index $setting 2) (index $setting 0)) }}
+{{- end }}
+{{- end }}
 {{- $seen := dict }}
 {{- range $i, $p := .Values.hooks.plugins }}
 {{- $where := printf "hooks.plugins[%d] (%s)" $i $p.name }}
