@@ -114,6 +114,10 @@ struct RunArgs {
     /// Where compiled plugins are kept across restarts ("" keeps them in memory only).
     #[arg(long, default_value = "/tmp/workerpool-operator/wasm-cache")]
     plugin_cache_dir: PathBuf,
+    /// Size the compiled plugins in --plugin-cache-dir are kept to, in MiB (a soft limit: the
+    /// oldest go after each write). The default fits the Helm chart's 256Mi cache volume.
+    #[arg(long, default_value_t = 192, value_parser = clap::value_parser!(u64).range(1..))]
+    plugin_cache_max_mib: u64,
     /// How often the hook configuration and its ConfigMaps are re-read (Go duration).
     #[arg(long, default_value = "30s", value_parser = duration)]
     hook_reload_interval: Duration,
@@ -275,7 +279,9 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
         leader_election,
         hook_config: args.hook_config,
-        plugin_cache_dir: Some(args.plugin_cache_dir).filter(|d| !d.as_os_str().is_empty()),
+        plugin_cache: Some(args.plugin_cache_dir)
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|dir| hooks::host::CompileCache::new(dir, args.plugin_cache_max_mib)),
         hook_namespace: std::env::var("POD_NAMESPACE").ok(),
         hook_reload: args.hook_reload_interval,
         controller,

@@ -12,6 +12,7 @@ use kube::api::Api;
 use thiserror::Error;
 
 use crate::controller::{self, Context, ControllerConfig, ControllerMetrics};
+use crate::hooks::host::CompileCache;
 use crate::hooks::registry::{FetchedConfigMaps, cluster_config_maps};
 use crate::hooks::{HookConfig, HookMetrics, HookRegistry, WasmHost};
 use crate::link::LinkMetrics;
@@ -32,8 +33,8 @@ pub struct OperatorOptions {
     pub leader_election: Option<LeaseConfig>,
     /// The cluster-wide hook configuration file.
     pub hook_config: Option<PathBuf>,
-    /// Where compiled plugins are kept across restarts.
-    pub plugin_cache_dir: Option<PathBuf>,
+    /// Where compiled plugins are kept across restarts, and how large they may grow.
+    pub plugin_cache: Option<CompileCache>,
     /// Where the cluster-wide hooks' ConfigMaps live (the operator's namespace).
     pub hook_namespace: Option<String>,
     /// How often the cluster-wide hook configuration and its ConfigMaps are re-read.
@@ -74,7 +75,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     let hook_config = read_hook_config(&options)?;
     let host = WasmHost::with_compile_cache(
         hook_config.limits.host_limits(),
-        options.plugin_cache_dir.as_deref(),
+        options.plugin_cache.as_ref(),
     )
     .map_err(|e| OperatorError::WasmHost(e.to_string()))?;
     let hooks = Arc::new(

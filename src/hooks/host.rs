@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -43,6 +44,51 @@ impl Default for HostLimits {
             max_stdio_bytes: 16 << 10,
             epoch_tick: Duration::from_millis(2),
         }
+    }
+}
+
+/// The on-disk cache of compiled modules: where, and how large it may grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileCache {
+    pub dir: PathBuf,
+    /// Soft limit of the compiled modules' total size (file lengths). Cleaned up after every
+    /// write, down to 70% of this, oldest first; between two cleanups it is exceeded by at most
+    /// the module just written.
+    pub max_bytes: u64,
+}
+
+impl CompileCache {
+    /// At most one cached module per this many bytes of `max_bytes`. The size limit counts
+    /// file lengths only, while each module also has a `.stats` file and rounds up to whole
+    /// blocks (up to 8 KiB more on disk): the count bounds that to 1/32 of the size limit.
+    const BYTES_PER_FILE: u64 = 256 << 10;
+
+    /// A cache in `dir` of at most `max_mib` MiB.
+    pub fn new(dir: impl Into<PathBuf>, max_mib: u64) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes: max_mib.saturating_mul(1 << 20),
+        }
+    }
+
+    /// Soft limit of the number of compiled modules.
+    pub fn max_files(&self) -> u64 {
+        (self.max_bytes / Self::BYTES_PER_FILE).max(4)
+    }
+
+    fn wasmtime_config(&self) -> wasmtime::CacheConfig {
+        let mut config = wasmtime::CacheConfig::new();
+        config
+            .with_directory(&self.dir)
+            .with_files_total_size_soft_limit(self.max_bytes)
+            .with_file_count_soft_limit(self.max_files())
+            // Clean up after every write. Wasmtime's default is at most once an hour, and in
+            // fact once per process: the cleanup lock (`.cleanup.wip-<pid>`) outlives its
+            // cleanup until it expires, and an expired lock of the same pid blocks creating a
+            // new one. With a zero interval each cleanup finds its own lock expired and removes
+            // it. A cleanup lists a few hundred files at most, after a compile of seconds.
+            .with_cleanup_interval(Duration::ZERO);
+        config
     }
 }
 
@@ -161,12 +207,12 @@ impl WasmHost {
         Self::with_compile_cache(limits, None)
     }
 
-    /// A host that also keeps compiled modules on disk in `cache_dir`, keyed by module and
-    /// engine settings, so that a restarted operator loads its plugins instead of compiling
-    /// them again (seconds per plugin, see docs/plugins.md).
+    /// A host that also keeps compiled modules on disk in `cache`, keyed by module and engine
+    /// settings, so that a restarted operator loads its plugins instead of compiling them again
+    /// (seconds per plugin, see docs/plugins.md).
     pub fn with_compile_cache(
         limits: HostLimits,
-        cache_dir: Option<&std::path::Path>,
+        cache: Option<&CompileCache>,
     ) -> Result<Arc<Self>, HostError> {
         let mut config = Config::new();
         config
@@ -174,12 +220,10 @@ impl WasmHost {
             .cranelift_opt_level(OptLevel::Speed)
             // Deep recursion in a plugin traps instead of exhausting the host thread's stack.
             .max_wasm_stack(1 << 20);
-        if let Some(dir) = cache_dir {
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache)
-                .map_err(|e| HostError(format!("compile cache in {}: {e}", dir.display())))?;
-            config.cache(Some(cache));
+        if let Some(cache) = cache {
+            let wasmtime_cache = wasmtime::Cache::new(cache.wasmtime_config())
+                .map_err(|e| HostError(format!("compile cache in {}: {e}", cache.dir.display())))?;
+            config.cache(Some(wasmtime_cache));
         }
         let engine = Engine::new(&config).map_err(|e| HostError(e.to_string()))?;
         let mut linker = Linker::new(&engine);
@@ -434,7 +478,8 @@ mod tests {
     fn a_compile_cache_keeps_compiled_modules_on_disk_for_the_next_host() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = MINIMAL.as_bytes().to_vec();
-        let first = WasmHost::with_compile_cache(HostLimits::default(), Some(dir.path())).unwrap();
+        let cache = CompileCache::new(dir.path(), 64);
+        let first = WasmHost::with_compile_cache(HostLimits::default(), Some(&cache)).unwrap();
         first.compile(&bytes).unwrap();
         let stored = artifacts(dir.path());
         assert_eq!(
@@ -444,13 +489,56 @@ mod tests {
         );
         // A new host (a restarted operator) with the same directory loads it from there.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let second = WasmHost::with_compile_cache(HostLimits::default(), Some(dir.path())).unwrap();
+        let second = WasmHost::with_compile_cache(HostLimits::default(), Some(&cache)).unwrap();
         second.compile(&bytes).unwrap();
         assert_eq!(
             artifacts(dir.path()),
             stored,
             "the second host compiled and stored it again"
         );
+    }
+
+    #[test]
+    fn the_compile_cache_is_cleaned_up_to_its_limits_after_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each of these modules compiles to a few KiB: 40 KB hold a few of them, and the file
+        // count limit is its minimum of 4.
+        let cache = CompileCache {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 40_000,
+        };
+        assert_eq!(cache.max_files(), 4);
+        let host = WasmHost::with_compile_cache(HostLimits::default(), Some(&cache)).unwrap();
+        let module = |i: usize| MINIMAL.replace("i64.const 0))", &format!("i64.const {i}))"));
+        let mut modules = Vec::new();
+        for i in 0..12 {
+            modules.push(host.compile(module(i).as_bytes()).unwrap());
+        }
+        // Wasmtime cleans up on a thread of its own: wait for the cleanup after the last write.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stored = artifacts(dir.path());
+            let size: u64 = stored
+                .iter()
+                .map(|(path, _)| std::fs::metadata(path).map_or(0, |m| m.len()))
+                .sum();
+            if stored.len() as u64 <= cache.max_files() && size <= cache.max_bytes {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cache holds {} modules, {size} bytes: {stored:?}",
+                stored.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn the_compile_cache_limits_follow_its_size() {
+        let cache = CompileCache::new("/cache", 192);
+        assert_eq!(cache.max_bytes, 192 << 20);
+        assert_eq!(cache.max_files(), 768);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! RBAC is enough. The operator Pod cannot really run in the test cluster (kwok only pretends),
 //! so the binary runs here, with a kubeconfig that holds nothing but the ServiceAccount's token
 //! (`kubectl create token`, through the TokenRequest API) and exactly the arguments the chart
-//! renders for its Deployment (only the listen addresses and the hook file's path are adapted).
+//! renders for its Deployment (only the listen addresses and the paths of the hook file and the
+//! plugin cache are adapted).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,9 +40,15 @@ impl HostAddresses {
 }
 
 /// The chart's Deployment arguments, made runnable on the host: `run` first, listen addresses on
-/// loopback, and the hook configuration read from `hook_config` instead of the mounted path.
-/// Everything else (namespaces, leader election, metrics security, logging) is the chart's.
-pub fn host_args(chart_args: &[String], hook_config: &Path, at: HostAddresses) -> Vec<String> {
+/// loopback, the hook configuration read from `hook_config` and compiled plugins cached in
+/// `plugin_cache` instead of the mounted paths. Everything else (namespaces, leader election,
+/// metrics security, logging, the cache's size) is the chart's.
+pub fn host_args(
+    chart_args: &[String],
+    hook_config: &Path,
+    plugin_cache: &Path,
+    at: HostAddresses,
+) -> Vec<String> {
     chart_args
         .iter()
         .map(|arg| {
@@ -50,6 +57,7 @@ pub fn host_args(chart_args: &[String], hook_config: &Path, at: HostAddresses) -
                 "--health-probe-bind-address" => format!("{flag}={}", at.probes),
                 "--metrics-bind-address" => format!("{flag}={}", at.metrics),
                 "--hook-config" => format!("{flag}={}", hook_config.display()),
+                "--plugin-cache-dir" => format!("{flag}={}", plugin_cache.display()),
                 _ => arg.clone(),
             }
         })
@@ -87,7 +95,12 @@ impl HostOperator {
         let hook_config = dir.path().join("hooks.yaml");
         std::fs::write(&hook_config, manifest.hook_config()?)?;
         let addresses = HostAddresses::free()?;
-        let args = host_args(&manifest.args()?, &hook_config, addresses);
+        let args = host_args(
+            &manifest.args()?,
+            &hook_config,
+            &dir.path().join("plugin-cache"),
+            addresses,
+        );
         anyhow::ensure!(args.first().map(String::as_str) == Some("run"), "{args:?}");
 
         // The Pod the chart's Deployment made (kwok plays it): the operator writes it as the
@@ -224,7 +237,12 @@ fn the_host_run_keeps_every_chart_argument_but_addresses_and_paths() -> anyhow::
         probes: "127.0.0.1:18081".parse()?,
         metrics: "127.0.0.1:18443".parse()?,
     };
-    let args = host_args(&r.args()?, Path::new("/tmp/x/hooks.yaml"), at);
+    let args = host_args(
+        &r.args()?,
+        Path::new("/tmp/x/hooks.yaml"),
+        Path::new("/tmp/x/plugin-cache"),
+        at,
+    );
     assert_eq!(
         args,
         [
@@ -233,6 +251,8 @@ fn the_host_run_keeps_every_chart_argument_but_addresses_and_paths() -> anyhow::
             "--leader-elect",
             "--leader-election-id=wpo-workerpool-operator-leader",
             "--hook-config=/tmp/x/hooks.yaml",
+            "--plugin-cache-dir=/tmp/x/plugin-cache",
+            "--plugin-cache-max-mib=192",
             "--log-format=json",
             "--log-level=info",
             "--namespaces=team-a",

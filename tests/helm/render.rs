@@ -202,6 +202,8 @@ fn the_operator_pod_is_hardened_and_sized_as_in_the_seed() -> anyhow::Result<()>
             "--leader-elect",
             "--leader-election-id=wpo-workerpool-operator-leader",
             "--hook-config=/etc/workerpool-operator/hooks.yaml",
+            "--plugin-cache-dir=/var/cache/workerpool-operator",
+            "--plugin-cache-max-mib=192",
             "--log-format=json",
             "--log-level=info",
         ]
@@ -278,6 +280,74 @@ fn documented_manager_triples() -> anyhow::Result<Vec<(String, String, String)>>
     }
     triples.sort();
     Ok(triples)
+}
+
+/// The Deployment's volume `name` and the manager's mount of it.
+fn volume_and_mount(r: &Rendering, name: &str) -> anyhow::Result<(Option<Value>, Option<Value>)> {
+    let find = |list: &Value| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|v| v["name"] == name))
+            .cloned()
+    };
+    let pod = &r.deployment()?["spec"]["template"]["spec"];
+    Ok((find(&pod["volumes"]), find(&r.manager()?["volumeMounts"])))
+}
+
+#[test]
+fn compiled_plugins_have_a_volume_of_their_own_and_are_kept_below_its_size() -> anyhow::Result<()> {
+    let r = render(&[])?;
+    let (volume, mount) = volume_and_mount(&r, "plugin-cache")?;
+    assert_eq!(
+        volume,
+        Some(json!({"name": "plugin-cache", "emptyDir": {"sizeLimit": "256Mi"}}))
+    );
+    assert_eq!(
+        mount,
+        Some(json!({"name": "plugin-cache", "mountPath": "/var/cache/workerpool-operator"}))
+    );
+    let args = r.args()?;
+    assert!(
+        args.contains(&"--plugin-cache-dir=/var/cache/workerpool-operator".to_string())
+            && args.contains(&"--plugin-cache-max-mib=192".to_string()),
+        "{args:?}"
+    );
+    // /tmp stays small: the cache is not in it.
+    let (tmp, _) = volume_and_mount(&r, "tmp")?;
+    assert_eq!(tmp.unwrap()["emptyDir"]["sizeLimit"], "16Mi");
+
+    // The operator's limit follows the volume's: 3/4 of it.
+    let r = render(&["--set", "controllerManager.pluginCache.sizeLimit=1Gi"])?;
+    assert_eq!(
+        volume_and_mount(&r, "plugin-cache")?.0.unwrap()["emptyDir"]["sizeLimit"],
+        "1Gi"
+    );
+    assert!(
+        r.args()?
+            .contains(&"--plugin-cache-max-mib=768".to_string())
+    );
+    let r = render(&["--set", "controllerManager.pluginCache.sizeLimit=64Mi"])?;
+    assert!(r.args()?.contains(&"--plugin-cache-max-mib=48".to_string()));
+
+    // Off: compiled plugins stay in memory, and there is no volume.
+    let r = render(&["--set", "controllerManager.pluginCache.enabled=false"])?;
+    assert_eq!(volume_and_mount(&r, "plugin-cache")?, (None, None));
+    let args = r.args()?;
+    assert!(
+        args.contains(&"--plugin-cache-dir=".to_string())
+            && !args.iter().any(|a| a.starts_with("--plugin-cache-max-mib")),
+        "{args:?}"
+    );
+
+    let err = render_error(&["--set", "controllerManager.pluginCache.sizeLimit=2Mi"])?;
+    assert!(
+        err.contains(
+            "controllerManager.pluginCache.sizeLimit: 2Mi is too small for compiled plugins"
+        ),
+        "{err}"
+    );
+    let err = render_error(&["--set", "controllerManager.pluginCache.sizeLimit=256M"])?;
+    assert!(err.contains("sizeLimit"), "{err}");
+    Ok(())
 }
 
 #[test]

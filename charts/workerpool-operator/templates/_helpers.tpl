@@ -75,6 +75,19 @@ control-plane: controller-manager
 
 {{/* Where the hook configuration is mounted. */}}
 {{- define "workerpool-operator.hookConfigDir" -}}/etc/workerpool-operator{{- end }}
+{{- define "workerpool-operator.pluginCacheDir" -}}/var/cache/workerpool-operator{{- end }}
+
+{{/*
+The size, in MiB, the operator keeps its compiled-plugin cache to (--plugin-cache-max-mib): 3/4
+of the cache volume's sizeLimit (Mi or Gi). The rest covers what the operator's soft limit does
+not count (wasmtime's .stats files, block rounding, the module written just before a cleanup).
+*/}}
+{{- define "workerpool-operator.pluginCacheMaxMib" -}}
+{{- $limit := toString .Values.controllerManager.pluginCache.sizeLimit }}
+{{- $mib := trimSuffix "Mi" $limit | atoi }}
+{{- if hasSuffix "Gi" $limit }}{{ $mib = mul (trimSuffix "Gi" $limit | atoi) 1024 }}{{ end }}
+{{- div (mul $mib 3) 4 }}
+{{- end }}
 {{- define "workerpool-operator.hookConfigName" -}}
 {{- printf "%s-hooks" (include "workerpool-operator.fullname" .) }}
 {{- end }}
@@ -104,6 +117,10 @@ the fix. Included by the Deployment, so it runs for every rendering.
 {{- end }}
 {{- if and .Values.pdb.enabled (hasKey .Values.pdb "minAvailable") (hasKey .Values.pdb "maxUnavailable") }}
 {{- fail "pdb: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- $cache := .Values.controllerManager.pluginCache }}
+{{- if and $cache.enabled (lt (include "workerpool-operator.pluginCacheMaxMib" . | atoi) 3) }}
+{{- fail (printf "controllerManager.pluginCache.sizeLimit: %s is too small for compiled plugins (about 1 MB each); give it at least 4Mi, or set controllerManager.pluginCache.enabled=false" $cache.sizeLimit) }}
 {{- end }}
 {{- $limits := .Values.hooks.limits }}
 {{- range $setting := list (list "pluginTimeoutMillis" 100 "maxPluginTimeoutMillis" 1000) (list "pluginMemoryLimitMib" 64 "maxPluginMemoryLimitMib" 64) }}
