@@ -5,10 +5,11 @@
 //! blocking thread ([`Pipeline::evaluate_blocking`]); `render` calls [`Pipeline::evaluate`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::Semaphore;
 
 use super::input::{ContextRef, HookInput, PodState, PolicyInput};
 use super::invariants::{self, set_worker_image, worker_image};
@@ -18,6 +19,11 @@ use super::registry::PendingHooks;
 use super::rego::Policy;
 use super::spec::FailurePolicy;
 use super::trail::{self, HookRecord, Outcome, Stage, TRAIL_ANNOTATION};
+
+/// How many pipelines evaluate at once in this process: one per core. With each plugin call
+/// capped at its `memoryLimitMib`, this also bounds the memory hooks take at a time.
+static EVALUATIONS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
 /// A plugin as the pipeline sees it: ready, or unavailable (never loaded successfully).
 #[derive(Clone, Debug)]
@@ -249,6 +255,9 @@ impl Pipeline {
                 Err(reason) => return self.not_loaded(&reason),
             },
         };
+        // Hooks are CPU-bound: more evaluations at once than cores would not finish sooner,
+        // and each may hold a plugin's memory cap, so their number is bounded.
+        let _slot = EVALUATIONS.acquire().await;
         match tokio::task::spawn_blocking(move || pipeline.evaluate(input)).await {
             Ok(decision) => decision,
             Err(e) => deny(
