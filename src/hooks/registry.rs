@@ -454,26 +454,14 @@ impl HookRegistry {
                 }
             }
         }
-        if problems.is_empty() {
+        HooksCondition::from_problems(problems, || {
             let cluster = cluster_report.as_ref().map_or(0, |r| r.results.len());
-            HooksCondition {
-                type_: CONDITION_TYPE,
-                status: true,
-                reason: REASON_LOADED,
-                message: format!(
-                    "{} hooks loaded ({} of the pool, {cluster} cluster-wide)",
-                    pool_report.results.len() + cluster,
-                    pool_report.results.len()
-                ),
-            }
-        } else {
-            HooksCondition {
-                type_: CONDITION_TYPE,
-                status: false,
-                reason: REASON_LOAD_FAILED,
-                message: problems.join("; "),
-            }
-        }
+            format!(
+                "{} hooks loaded ({} of the pool, {cluster} cluster-wide)",
+                pool_report.results.len() + cluster,
+                pool_report.results.len()
+            )
+        })
     }
 
     /// The pools whose hooks are loaded: scope and `metadata.uid`.

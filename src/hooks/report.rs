@@ -116,16 +116,24 @@ impl LoadReport {
 
     /// `HooksReady`: true when every hook loaded, else false with every problem.
     pub fn condition(&self) -> HooksCondition {
-        let problems: Vec<String> = self.problems().map(LoadResult::message).collect();
+        HooksCondition::from_problems(self.problems().map(LoadResult::message).collect(), || {
+            format!("{} hooks loaded", self.results.len())
+        })
+    }
+}
+
+impl HooksCondition {
+    /// False with every problem, or true with `loaded()` when there is none.
+    pub fn from_problems(problems: Vec<String>, loaded: impl FnOnce() -> String) -> Self {
         if problems.is_empty() {
-            HooksCondition {
+            Self {
                 type_: CONDITION_TYPE,
                 status: true,
                 reason: REASON_LOADED,
-                message: format!("{} hooks loaded", self.results.len()),
+                message: loaded(),
             }
         } else {
-            HooksCondition {
+            Self {
                 type_: CONDITION_TYPE,
                 status: false,
                 reason: REASON_LOAD_FAILED,
