@@ -59,7 +59,12 @@ enum Command {
         /// The decision trail goes to stderr.
         #[arg(long = "plugin", value_name = "FILE[=SETTINGS]")]
         plugins: Vec<workerpool_operator::hooks::offline::PluginArg>,
-        /// Evaluate this Rego initialization policy (repeatable), after the plugins.
+        /// Evaluate this Rego file as the pool's own initialization policy (the file the seed
+        /// mounts from a ConfigMap), after the plugins.
+        #[arg(long, value_name = "FILE")]
+        pool_policy: Option<PathBuf>,
+        /// Evaluate this Rego initialization policy as a cluster-wide one (repeatable), after
+        /// the pool's.
         #[arg(long = "policy", value_name = "FILE")]
         policies: Vec<PathBuf>,
     },
@@ -188,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pool_ulid,
             worker_ulid,
             plugins,
+            pool_policy,
             policies,
         } => {
             let pool_file = pool.display().to_string();
@@ -198,7 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pool_ulid,
                 worker_ulid,
             };
-            if plugins.is_empty() && policies.is_empty() {
+            if plugins.is_empty() && pool_policy.is_none() && policies.is_empty() {
                 let pod = render::render_pod(&pool, &run, &ids)
                     .with_context(|| format!("{run_file} on {pool_file}"))?;
                 print!("{}", format(&pod, output)?);
@@ -207,9 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let worker = render::stand_in_worker(&pool, &ids);
             let input = hooks::HookInput::build(&pool, &worker, &run)
                 .with_context(|| format!("{run_file} on {pool_file}: cannot build the run Pod"))?;
-            if let Ok(Some(policy)) = hooks::source::initialization_policy(&pool) {
+            if let Ok(Some(policy)) = hooks::source::initialization_policy(&pool)
+                && pool_policy.is_none()
+            {
                 eprintln!(
-                    "note: the pool's initialization policy (ConfigMap {} key {}) is not read offline; pass its file with --policy",
+                    "note: the pool's initialization policy (ConfigMap {} key {}) is not read offline; pass its file with --pool-policy",
                     policy.config_map, policy.key
                 );
             }
@@ -218,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "note: the pool's spec.plugins live in ConfigMaps and are not run offline; pass them with --plugin"
                 );
             }
-            let pipeline = hooks::offline::pipeline(&plugins, &policies)?;
+            let pipeline = hooks::offline::pipeline(&plugins, pool_policy.as_deref(), &policies)?;
             let decision = pipeline.evaluate(input);
             eprint!("{}", hooks::offline::describe(&decision));
             match decision {

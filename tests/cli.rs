@@ -207,6 +207,34 @@ fn render_with_a_denying_policy_exits_non_zero_with_the_reason() {
 }
 
 #[test]
+fn render_runs_the_pools_own_policy_from_its_file() {
+    // The seed's initialization-policy pool mounts its policy from a ConfigMap; offline, the
+    // file is given with --pool-policy and runs at the pool policy's place in the pipeline.
+    let pool = repo("tests/fixtures/seed/initialization-policies.yaml");
+    let run = repo("tests/fixtures/runs/preparing.json");
+    let policy = repo("policies/pinned-runner-images.rego");
+    let (ok, pod, stderr) = operator(&[
+        "render",
+        "--pool",
+        pool.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--pool-policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(pod.is_empty(), "{pod}");
+    assert!(
+        stderr.contains(r#"run denied by pool initialization policy "pinned-runner-images.rego""#),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("note: the pool's initialization policy"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plugin_check_prints_the_modules_contract_and_refuses_bad_settings() {
     let plugin = example_plugin("registry-mirror");
     let (ok, out, err) = operator(&[

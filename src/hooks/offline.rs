@@ -73,7 +73,11 @@ fn stem(path: &Path) -> String {
 
 /// A pipeline of `plugins` (as cluster plugins, in order) and `policies` (as cluster policies).
 /// Loading problems are errors here: offline there is no previous version to fall back on.
-pub fn pipeline(plugins: &[PluginArg], policies: &[PathBuf]) -> Result<Pipeline, OfflineError> {
+pub fn pipeline(
+    plugins: &[PluginArg],
+    pool_policy: Option<&Path>,
+    policies: &[PathBuf],
+) -> Result<Pipeline, OfflineError> {
     let host = WasmHost::new(HostLimits::default())?;
     let mut pipeline = Pipeline {
         scope: "render".into(),
@@ -102,30 +106,39 @@ pub fn pipeline(plugins: &[PluginArg], policies: &[PathBuf]) -> Result<Pipeline,
             .cluster_plugins
             .push(PluginEntry::Ready(Arc::new(plugin)));
     }
+    if let Some(path) = pool_policy {
+        pipeline.pool_policy = Some(PolicyEntry::Ready(compile_policy(path)?));
+    }
     for path in policies {
-        let file = path.display().to_string();
-        let text = String::from_utf8(read(path)?).map_err(|e| OfflineError::File {
-            file: file.clone(),
-            message: format!("not UTF-8: {e}"),
-        })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let policy = Policy::compile(
-            &name,
-            &file,
-            &text,
-            RegoVersion::Auto,
-            super::config::ConfigLimits::default().policy_timeout(),
-        )
-        .map_err(|e| OfflineError::File {
-            file,
-            message: e.to_string(),
-        })?;
-        pipeline.cluster_policies.push(PolicyEntry::Ready(policy));
+        pipeline
+            .cluster_policies
+            .push(PolicyEntry::Ready(compile_policy(path)?));
     }
     Ok(pipeline)
+}
+
+/// A Rego file, compiled as the operator compiles a policy (either syntax).
+fn compile_policy(path: &Path) -> Result<Policy, OfflineError> {
+    let file = path.display().to_string();
+    let text = String::from_utf8(read(path)?).map_err(|e| OfflineError::File {
+        file: file.clone(),
+        message: format!("not UTF-8: {e}"),
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Policy::compile(
+        &name,
+        &file,
+        &text,
+        RegoVersion::Auto,
+        super::config::ConfigLimits::default().policy_timeout(),
+    )
+    .map_err(|e| OfflineError::File {
+        file,
+        message: e.to_string(),
+    })
 }
 
 /// The trail as aligned text, one hook a line, then `allowed` when the run may go on (a
