@@ -34,31 +34,42 @@ fn seed_files() -> Vec<std::path::PathBuf> {
     files
 }
 
+/// The CRDs as generated install on a cluster that never had them. The test cluster has the
+/// real ones already (the support code applies them first), so the same YAML is installed
+/// under a group of its own, which is then removed again.
 #[tokio::test]
 async fn the_generated_crds_apply_server_side_and_become_established() -> anyhow::Result<()> {
     support::cluster();
-    let crds = support::repo_root().join("crds");
-    let out = support::kubectl([
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crds.to_str().unwrap_or_default(),
-    ])?;
-    assert!(out.contains("workerpools.workers.spacelift.io"), "{out}");
+    let group = format!("fresh-{}.test.example.com", std::process::id());
+    let mut manifests = String::new();
+    for file in ["workerpools.yaml", "workers.yaml"] {
+        let yaml = std::fs::read_to_string(support::repo_root().join("crds").join(file))?;
+        manifests.push_str(&yaml.replace("workers.spacelift.io", &group));
+        manifests.push_str("\n---\n");
+    }
+    let out = support::kubectl_output(["apply", "--server-side", "-f", "-"], Some(&manifests))?;
+    assert!(out.success, "{}", out.stderr);
     let api: Api<CustomResourceDefinition> = Api::all(support::client().await?);
-    for name in [
-        "workerpools.workers.spacelift.io",
-        "workers.workers.spacelift.io",
-    ] {
-        let crd = api.get(name).await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        assert!(established, "{name} is not Established");
+    let names = [format!("workerpools.{group}"), format!("workers.{group}")];
+    for name in &names {
+        let established = wait_for(
+            &format!("{name} Established"),
+            support::DEFAULT_TIMEOUT,
+            || {
+                let api = api.clone();
+                async move {
+                    let crd = api.get(name).await?;
+                    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                    Ok(conditions
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(()))
+                }
+            },
+        )
+        .await;
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        established?;
     }
     Ok(())
 }
