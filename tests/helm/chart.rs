@@ -380,3 +380,33 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A values file holding `yaml`, for `-f` (values such as multi-line Rego are awkward with
+/// `--set`). Removed when dropped.
+pub fn values_file(yaml: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::io::Write::write_all(&mut file, yaml.as_bytes())?;
+    Ok(file)
+}
+
+/// plugins/target/wasm/<name>.wasm, after running `plugins/build` once per test process
+/// (incremental: a no-op when nothing changed), so that a test never loads a stale module.
+pub fn example_plugin(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let status = Command::new(support::repo_root().join("plugins/build"))
+                .arg("--quiet")
+                .status()
+                .map_err(|e| format!("running plugins/build: {e}"))?;
+            if !status.success() {
+                return Err(format!("plugins/build failed ({status})"));
+            }
+            Ok(support::repo_root().join("plugins/target/wasm"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = dir.join(format!("{name}.wasm"));
+    anyhow::ensure!(path.is_file(), "{} was not built", path.display());
+    Ok(path)
+}

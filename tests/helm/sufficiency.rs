@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::chart::chart_dir;
+use crate::chart::{chart_dir, example_plugin, values_file};
 use crate::operator::HostOperator;
 use crate::release::Release;
 use crate::stack::{Stack, pool_yaml};
@@ -15,6 +17,29 @@ use crate::support::Finish;
 use crate::support::{self, TestNamespace};
 
 const RUNNER: &str = "public.ecr.aws/spacelift/runner-terraform:1.5.7";
+
+/// A cluster-wide policy, inline in the chart's values: the chart puts it into the
+/// `<fullname>-policies` ConfigMap of the release namespace, which the operator reads by name.
+const NO_LATEST_VALUES: &str = r#"hooks:
+  policies:
+    - name: no-latest
+      regoVersion: v1
+      rego: |
+        package spacelift
+        import rego.v1
+        deny contains msg if {
+          endswith(input.runnerImage, ":latest")
+          msg := sprintf("runner image %q floats: not in this cluster", [input.runnerImage])
+        }
+"#;
+
+/// The pool's own plugin, from a ConfigMap in the pool's namespace.
+const LABEL_INJECTOR: &str = r#"  plugins:
+    - configMap: label-injector
+      settings:
+        labels:
+          spacelift.io/stack: "{run.metadata.stack}"
+"#;
 
 fn args(watched: &str) -> Vec<String> {
     [
@@ -118,16 +143,22 @@ async fn leader_election_and_secure_metrics_work_as_the_chart_service_account() 
 }
 
 /// The RBAC sufficiency proof proper: the controller's end-to-end scenarios (real
-/// credentials, broker and backend) pass with nothing but the chart's ServiceAccount; a pool in
-/// a namespace it does not watch is left alone; deleting the pool deregisters and removes its
-/// Workers; and after `helm uninstall` nothing the operator made is left, the Lease included.
+/// credentials, broker and backend) pass with nothing but the chart's ServiceAccount; the hooks
+/// load from where they live (the pool's plugin from a ConfigMap in its namespace, the chart's
+/// cluster-wide policy from the release namespace): a run's Pod is changed by the plugin and a
+/// run is denied by the policy, with an event on its Worker; a pool in a namespace it does not
+/// watch is left alone; deleting the pool deregisters and removes its Workers; and after
+/// `helm uninstall` nothing the operator made is left, the Lease included.
 #[tokio::test]
 async fn the_operator_does_its_work_as_the_chart_service_account() -> anyhow::Result<()> {
     let ns = TestNamespace::new("helm-op").await?;
     let stack = Stack::new("helm-op-w").await?;
     let other = TestNamespace::new("helm-op-o").await?;
     let watched = stack.ns.name.clone();
-    let release = Release::install(&chart_dir(), &ns.name, &args(&watched))?;
+    let values = values_file(NO_LATEST_VALUES)?;
+    let mut install = args(&watched);
+    install.extend(["-f".into(), values.path().display().to_string()]);
+    let release = Release::install(&chart_dir(), &ns.name, &install)?;
     let mut operator = HostOperator::start(&release).await?;
     operator.wait_ready(Duration::from_secs(60)).await?;
     let with_logs = |e: anyhow::Error| e.context(operator.logs());
@@ -138,18 +169,48 @@ async fn the_operator_does_its_work_as_the_chart_service_account() -> anyhow::Re
         &pool_yaml("unwatched", "none", 1, ""),
     )?;
 
-    // Pools, workers and their keys, registration.
+    // Pools, workers and their keys, registration; the pool's plugin loads from its namespace.
+    let wasm = example_plugin("label-injector")?;
+    stack.ns.kubectl([
+        "create",
+        "configmap",
+        "label-injector",
+        &format!("--from-file=plugin.wasm={}", wasm.display()),
+    ])?;
     stack.create_credentials("sufficient", "sufficient")?;
-    stack.apply(&pool_yaml("sufficient", "sufficient", 2, ""))?;
+    stack.apply(&pool_yaml("sufficient", "sufficient", 2, LABEL_INJECTOR))?;
     stack
         .wait_registered("sufficient", 2)
         .await
         .map_err(with_logs)?;
+    support::wait_for("the pool's HooksReady", Duration::from_secs(60), || async {
+        let pool = stack.pools().get("sufficient").await?;
+        Ok(pool
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .any(|c| c.type_ == "HooksReady" && c.status == "True")
+            .then_some(()))
+    })
+    .await
+    .map_err(with_logs)?;
 
-    // Runs: one succeeds (its Pod is deleted), one fails (its Pod is kept).
-    let ok = stack.submit("sufficient", RUNNER, &[]).await?;
+    // Runs: one succeeds (its Pod, labelled by the pool's plugin, is deleted), one fails (its
+    // Pod is kept).
+    let ok = stack
+        .submit("sufficient", RUNNER, &[("stack", "networking")])
+        .await?;
     let failing = stack.submit("sufficient", RUNNER, &[]).await?;
     let ok_pod = stack.wait_run_pod(&ok.id).await.map_err(with_logs)?;
+    assert_eq!(
+        ok_pod
+            .labels()
+            .get("spacelift.io/stack")
+            .map(String::as_str),
+        Some("networking"),
+        "the pool's plugin did not label the run Pod"
+    );
     let failing_pod = stack.wait_run_pod(&failing.id).await.map_err(with_logs)?;
     stack
         .finish(
@@ -172,6 +233,47 @@ async fn the_operator_does_its_work_as_the_chart_service_account() -> anyhow::Re
         .await
         .map_err(with_logs)?;
     assert_eq!(failed.cause.as_deref(), Some("OOMKilled"));
+
+    // Denied by the chart's cluster-wide policy: the backend hears it, the Worker gets the event.
+    let latest = stack
+        .submit(
+            "sufficient",
+            "public.ecr.aws/spacelift/runner-terraform:latest",
+            &[],
+        )
+        .await?;
+    let denied = stack
+        .wait_run(&latest.id, "denied")
+        .await
+        .map_err(with_logs)?;
+    assert!(
+        denied.message.contains("floats: not in this cluster"),
+        "{}",
+        denied.message
+    );
+    let events: Api<Event> = stack.ns.api();
+    let note = support::wait_for(
+        "the RunDenied event on a Worker",
+        Duration::from_secs(30),
+        || async {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("RunDenied")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Worker")
+                })
+                .and_then(|e| e.note))
+        },
+    )
+    .await
+    .map_err(with_logs)?;
+    assert!(
+        note.contains("no-latest") && note.contains("floats: not in this cluster"),
+        "{note}"
+    );
 
     // Scale-down while a run is busy: the busy worker drains, then goes.
     let busy = stack.submit("sufficient", RUNNER, &[]).await?;
