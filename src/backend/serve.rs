@@ -99,11 +99,11 @@ impl Server {
             BrokerScheme::Plain => None,
         };
         let store = Arc::new(state.open_store()?);
-        let resent = blocking(&store, |s| s.resend_unaccepted()).await?;
+        let resent = blocking(&store, |s| s.resend_unsettled()).await?;
         if resent > 0 {
             tracing::info!(
                 resent,
-                "re-sending schedules not yet accepted before the restart"
+                "re-sending schedules and stops not yet settled before the restart"
             );
         }
 

@@ -483,15 +483,20 @@ impl Store {
         })
     }
 
-    /// After a restart: schedules whose run the worker has not accepted yet are sent again,
-    /// with their original message id (a worker that got the first copy de-duplicates it).
-    pub fn resend_unaccepted(&self) -> Result<usize, BackendError> {
+    /// After a restart, what may have died in the broker client's memory with the previous
+    /// process is sent again, with its original message id (a worker that got the first copy
+    /// de-duplicates it): schedules whose run the worker has not accepted yet, and stop
+    /// requests whose run has not ended yet.
+    pub fn resend_unsettled(&self) -> Result<usize, BackendError> {
         self.with(|conn| {
             conn.execute(
                 "UPDATE outbox SET sent_at = NULL
-                 WHERE kind = 'run.schedule' AND sent_at IS NOT NULL
-                   AND run_id IN (SELECT id FROM runs WHERE state = ?1)",
-                [run_state::DISPATCHED],
+                 WHERE sent_at IS NOT NULL AND (
+                   (kind = 'run.schedule'
+                     AND run_id IN (SELECT id FROM runs WHERE state = ?1))
+                   OR (kind = 'run.stop'
+                     AND run_id IN (SELECT id FROM runs WHERE state IN (?1, ?2, ?3))))",
+                run_state::ACTIVE,
             )
             .map_err(db)
         })
@@ -586,4 +591,61 @@ fn set_run_state(
     )
     .map_err(db)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{RunRef, WorkerRegister};
+
+    #[test]
+    fn after_a_restart_unsettled_schedules_and_stops_are_sent_again() {
+        let store = Store::open_in_memory().unwrap();
+        let (pool, worker) = (Ulid::generate(), Ulid::generate());
+        store.insert_pool(pool, "p").unwrap();
+        let register = Body::WorkerRegister(WorkerRegister {
+            name: format!("p-{}", worker.to_string().to_lowercase()),
+            public_key: "key".into(),
+            metadata: Default::default(),
+        });
+        store
+            .apply_inbound(pool, &Message::for_worker(worker, register))
+            .unwrap();
+        let send_all = || {
+            for entry in store.unsent(100).unwrap() {
+                store.mark_sent(entry.seq).unwrap();
+            }
+        };
+        send_all();
+        let request = SubmitRun {
+            pool: "p".into(),
+            runner_image: Some("alpine".into()),
+            ..SubmitRun::default()
+        };
+        let run = store.submit_run(&request, "launcher").unwrap();
+        assert_eq!(store.dispatch().unwrap(), 1);
+        send_all();
+        // The schedule was handed to the broker client, which died with the process.
+        assert_eq!(store.resend_unsettled().unwrap(), 1);
+        let kinds = |store: &Store| -> Vec<&'static str> {
+            store
+                .unsent(100)
+                .unwrap()
+                .iter()
+                .map(|e| e.message.body.kind())
+                .collect()
+        };
+        assert_eq!(kinds(&store), ["run.schedule"]);
+        send_all();
+
+        let accepted = Body::RunAccepted(RunRef::new(&run.id, "preparing", 1));
+        store
+            .apply_inbound(pool, &Message::for_worker(worker, accepted))
+            .unwrap();
+        store.request_stop(&run.id, "by hand").unwrap();
+        send_all();
+        // Accepted: the schedule is settled; the stop is not until the run ends.
+        assert_eq!(store.resend_unsettled().unwrap(), 1);
+        assert_eq!(kinds(&store), ["run.stop"]);
+    }
 }
