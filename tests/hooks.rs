@@ -1,6 +1,7 @@
 //! The hook pipeline with real compiled plugins (built by `plugins/build`), hostile WAT
 //! fixtures (tests/fixtures/plugins/) and real regorus. Each hostile case asserts the exact
-//! text a user sees, and that the next good run is unaffected.
+//! text a user sees, the hook metrics it moves (exactly, read as Prometheus scrapes them),
+//! and that the next good run is unaffected.
 
 #[path = "hooks/support.rs"]
 mod hooks_support;
@@ -19,11 +20,22 @@ use workerpool_operator::hooks::{
 
 // ---- hostile plugins ----------------------------------------------------------------------
 
+/// What one failed call of pool plugin `hook` under `failurePolicy: Fail` moves: the call is
+/// timed, its error counted under `kind`, and the run it denied counted as a denial.
+fn failed_pool_plugin(hook: &str, kind: &str) -> BTreeMap<String, i64> {
+    moved([
+        (series(CALLS, "poolPlugin", hook), 1),
+        (series("denials_total", "poolPlugin", hook), 1),
+        (errors("poolPlugin", hook, kind), 1),
+    ])
+}
+
 #[test]
 fn an_infinite_loop_is_timed_out() {
+    let pipeline = pool_pipeline(vec![fixture_plugin("spin", FailurePolicy::Fail)]);
+    let meter = Meter::of(&pipeline);
     let started = Instant::now();
-    let denial =
-        denied(pool_pipeline(vec![fixture_plugin("spin", FailurePolicy::Fail)]).evaluate(input()));
+    let denial = denied(pipeline.evaluate(input()));
     assert_eq!(denial.stage, Stage::PoolPlugin);
     assert_eq!(denial.hook, "spin");
     assert_eq!(
@@ -37,32 +49,54 @@ fn an_infinite_loop_is_timed_out() {
         "{:?}",
         started.elapsed()
     );
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPlugin", "spin"), 1),
+            (series("denials_total", "poolPlugin", "spin"), 1),
+            (errors("poolPlugin", "spin", "timeout"), 1),
+            (series("timeouts_total", "poolPlugin", "spin"), 1),
+        ])
+    );
+    // The histogram holds the time the call took, which is at least its 100 ms deadline.
+    let seconds = pipeline
+        .metrics
+        .as_ref()
+        .unwrap()
+        .call_duration
+        .with_label_values(&["default/test-workerpool", "poolPlugin", "spin"])
+        .get_sample_sum();
+    assert!((0.1..1.0).contains(&seconds), "{seconds}");
     a_good_run_is_unaffected();
 }
 
 #[test]
 fn a_memory_hog_is_capped() {
-    let denial =
-        denied(pool_pipeline(vec![fixture_plugin("hog", FailurePolicy::Fail)]).evaluate(input()));
+    let pipeline = pool_pipeline(vec![fixture_plugin("hog", FailurePolicy::Fail)]);
+    let meter = Meter::of(&pipeline);
+    let denial = denied(pipeline.evaluate(input()));
     assert_eq!(
         denial.reasons,
         [
             "pool plugin \"hog\" failed: exceeded its memory limit of 64 MiB (it asked for 64.1 MiB; raise memoryLimitMib if it needs more)"
         ]
     );
+    assert_eq!(meter.moved(), failed_pool_plugin("hog", "memory"));
     a_good_run_is_unaffected();
 }
 
 #[test]
 fn a_trap_reports_what_the_plugin_wrote_to_stderr() {
-    let denial =
-        denied(pool_pipeline(vec![fixture_plugin("trap", FailurePolicy::Fail)]).evaluate(input()));
+    let pipeline = pool_pipeline(vec![fixture_plugin("trap", FailurePolicy::Fail)]);
+    let meter = Meter::of(&pipeline);
+    let denial = denied(pipeline.evaluate(input()));
     assert_eq!(
         denial.reasons,
         [
             "pool plugin \"trap\" failed: trapped: wasm `unreachable` instruction executed (stderr: panicked at hostile.rs)"
         ]
     );
+    assert_eq!(meter.moved(), failed_pool_plugin("trap", "trap"));
     a_good_run_is_unaffected();
 }
 
@@ -85,28 +119,31 @@ fn a_rust_panic_is_a_trap_with_the_panic_message() {
 
 #[test]
 fn huge_output_is_refused() {
-    let denial =
-        denied(pool_pipeline(vec![fixture_plugin("huge", FailurePolicy::Fail)]).evaluate(input()));
+    let pipeline = pool_pipeline(vec![fixture_plugin("huge", FailurePolicy::Fail)]);
+    let meter = Meter::of(&pipeline);
+    let denial = denied(pipeline.evaluate(input()));
     assert_eq!(
         denial.reasons,
         [
             "pool plugin \"huge\" failed: returned 16777216 bytes of output, more than the limit of 1048576 bytes"
         ]
     );
+    assert_eq!(meter.moved(), failed_pool_plugin("huge", "abi"));
     a_good_run_is_unaffected();
 }
 
 #[test]
 fn invalid_json_is_refused() {
-    let denial = denied(
-        pool_pipeline(vec![fixture_plugin("bad-json", FailurePolicy::Fail)]).evaluate(input()),
-    );
+    let pipeline = pool_pipeline(vec![fixture_plugin("bad-json", FailurePolicy::Fail)]);
+    let meter = Meter::of(&pipeline);
+    let denial = denied(pipeline.evaluate(input()));
     assert_eq!(
         denial.reasons,
         [
             "pool plugin \"bad-json\" failed: returned output that is not a valid hook result: expected ident at line 1 column 2"
         ]
     );
+    assert_eq!(meter.moved(), failed_pool_plugin("bad-json", "output"));
     a_good_run_is_unaffected();
 }
 
@@ -234,6 +271,7 @@ fn a_failing_plugin_with_failure_policy_ignore_is_skipped_and_recorded() {
         fixture_plugin("spin", FailurePolicy::Ignore),
         example_plugin("deny-latest", serde_json::json!({}), FailurePolicy::Fail),
     ]);
+    let meter = Meter::of(&pipeline);
     let allowed = allowed(pipeline.evaluate(input()));
     assert_eq!(allowed.trail[0].outcome, Outcome::Skipped);
     assert_eq!(
@@ -243,6 +281,63 @@ fn a_failing_plugin_with_failure_policy_ignore_is_skipped_and_recorded() {
         )
     );
     assert_eq!(allowed.trail[1].outcome, Outcome::Allowed);
+    // Counted as a timeout, but the run was not denied.
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPlugin", "deny-latest"), 1),
+            (series(CALLS, "poolPlugin", "spin"), 1),
+            (errors("poolPlugin", "spin", "timeout"), 1),
+            (series("timeouts_total", "poolPlugin", "spin"), 1),
+        ])
+    );
+}
+
+#[test]
+fn every_call_of_a_good_run_is_timed_and_nothing_else_is_counted() {
+    let pipeline = pool_pipeline(vec![
+        example_plugin(
+            "label-injector",
+            serde_json::json!({"labels": {"team": "{run.metadata.stack}"}}),
+            FailurePolicy::Fail,
+        ),
+        example_plugin("deny-latest", serde_json::json!({}), FailurePolicy::Fail),
+    ]);
+    let meter = Meter::of(&pipeline);
+    allowed(pipeline.evaluate(input()));
+    allowed(pipeline.evaluate(input()));
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPlugin", "deny-latest"), 2),
+            (series(CALLS, "poolPlugin", "label-injector"), 2),
+        ])
+    );
+}
+
+#[test]
+fn a_plugin_that_denies_is_counted_as_a_denial_not_an_error() {
+    let pipeline = pool_pipeline(vec![example_plugin(
+        "deny-latest",
+        serde_json::json!({"containers": "worker"}),
+        FailurePolicy::Fail,
+    )]);
+    let meter = Meter::of(&pipeline);
+    let mut input = input();
+    input.runner_image = "ubuntu:latest".into();
+    workerpool_operator::hooks::invariants::set_worker_image(&mut input.pod, "ubuntu:latest");
+    let denial = denied(pipeline.evaluate(input));
+    assert_eq!(
+        (denial.stage, denial.hook.as_str()),
+        (Stage::PoolPlugin, "deny-latest")
+    );
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPlugin", "deny-latest"), 1),
+            (series("denials_total", "poolPlugin", "deny-latest"), 1),
+        ])
+    );
 }
 
 // ---- hostile policies ---------------------------------------------------------------------
@@ -251,7 +346,12 @@ fn a_failing_plugin_with_failure_policy_ignore_is_skipped_and_recorded() {
 fn a_policy_with_a_syntax_error_denies_the_pools_runs_and_says_why() {
     let (pool, maps) = pool_with_policy("package spacelift\n\ndeny[\"unterminated] {\n  true\n}\n");
     let registry = registry();
+    let meter = Meter::of(&registry.pipeline(&pool));
     let report = registry.load_pool(&pool, &maps);
+    assert_eq!(
+        meter.moved(),
+        moved([(load_failures("default/test-workerpool", POOL_POLICY), 1)])
+    );
     let problem = report.problems().next().expect("a problem");
     let LoadStatus::Broken { error } = &problem.status else {
         panic!("{problem:?}")
@@ -289,8 +389,10 @@ fn a_policy_that_loops_is_stopped_and_denies() {
     let (pool, maps) = pool_with_policy(looping);
     let registry = registry();
     assert!(registry.load_pool(&pool, &maps).is_healthy());
+    let pipeline = registry.pipeline(&pool);
+    let meter = Meter::of(&pipeline);
     let started = Instant::now();
-    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    let denial = denied(pipeline.evaluate(input_for(&pool)));
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -302,6 +404,15 @@ fn a_policy_that_loops_is_stopped_and_denies() {
             "pool initialization policy \"test-workerpool-initialization-policy/initialization-policy.rego\" failed: \
           evaluation took longer than 100 ms (the policy time limit); the run is denied"
         ]
+    );
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPolicy", POOL_POLICY), 1),
+            (series("denials_total", "poolPolicy", POOL_POLICY), 1),
+            (errors("poolPolicy", POOL_POLICY, "timeout"), 1),
+            (series("timeouts_total", "poolPolicy", POOL_POLICY), 1),
+        ])
     );
     a_good_run_is_unaffected();
 }
@@ -352,9 +463,19 @@ fn a_denying_policy_denies_with_every_message() {
     let (pool, maps) = pool_with_policy(policy);
     let registry = registry();
     assert!(registry.load_pool(&pool, &maps).is_healthy());
-    let mut denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    let pipeline = registry.pipeline(&pool);
+    let meter = Meter::of(&pipeline);
+    let mut denial = denied(pipeline.evaluate(input_for(&pool)));
     denial.reasons.sort();
     assert_eq!(denial.reasons, ["no ubuntu", "stage planning is frozen"]);
+    // One denial however many messages.
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPolicy", POOL_POLICY), 1),
+            (series("denials_total", "poolPolicy", POOL_POLICY), 1),
+        ])
+    );
 }
 
 #[test]
@@ -541,6 +662,8 @@ fn a_broken_new_version_keeps_the_previous_one_in_service() {
 #[test]
 fn a_plugin_that_never_loaded_follows_its_failure_policy() {
     let registry = registry();
+    let (pool, maps) = pool_with_policy(SEED_POLICY);
+    let meter = Meter::of(&registry.pipeline(&pool));
     let config = HookConfig::parse(
         "plugins:\n  - configMap: missing\n    failurePolicy: Fail\n",
         "hooks.yaml",
@@ -548,11 +671,14 @@ fn a_plugin_that_never_loaded_follows_its_failure_policy() {
     .unwrap();
     let report = registry.load_cluster(&config, &BTreeMap::new());
     assert_eq!(
+        meter.moved(),
+        moved([(load_failures("cluster", "missing"), 1)])
+    );
+    assert_eq!(
         report.results[0].message(),
         "plugin \"missing\" (ConfigMap missing): ConfigMap missing was not found: create it or fix the \
          reference; runs are denied until it loads (failurePolicy: Fail)"
     );
-    let (pool, maps) = pool_with_policy(SEED_POLICY);
     registry.load_pool(&pool, &maps);
     let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
     assert_eq!(
@@ -560,6 +686,17 @@ fn a_plugin_that_never_loaded_follows_its_failure_policy() {
         [
             "cluster plugin \"missing\" failed: is not loaded: ConfigMap missing was not found: create it or fix the reference"
         ]
+    );
+    // In a run, a cluster plugin is counted under the pool's scope; it denies before the
+    // pool's policy is called.
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (load_failures("cluster", "missing"), 1),
+            (series(CALLS, "clusterPlugin", "missing"), 1),
+            (series("denials_total", "clusterPlugin", "missing"), 1),
+            (errors("clusterPlugin", "missing", "unavailable"), 1),
+        ])
     );
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use prometheus::{Registry, TextEncoder};
 use workerpool_operator::crd::{Worker, WorkerPool};
 use workerpool_operator::hooks::host::CompiledModule;
 use workerpool_operator::hooks::{
@@ -262,6 +263,110 @@ pub fn a_good_run_is_unaffected() {
         allowed.pod.metadata.labels.as_ref().unwrap()["team"],
         "networking"
     );
+}
+
+/// Reads hook metrics as Prometheus scrapes them: through a registry's text output, as
+/// `name{labels}` -> value, names without the common prefix and a histogram by its `_count`.
+/// Built before the calls it watches; [`Meter::moved`] is what changed since.
+pub struct Meter {
+    registry: Registry,
+    before: BTreeMap<String, i64>,
+}
+
+const METRIC_PREFIX: &str = "spacelift_workerpool_controller_hook_";
+
+impl Meter {
+    pub fn new(metrics: &HookMetrics) -> Self {
+        // The collectors are handles: these clones read the same series as the pipeline writes.
+        let registry = Registry::new();
+        registry
+            .register(Box::new(metrics.call_duration.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(metrics.denials.clone()))
+            .unwrap();
+        registry.register(Box::new(metrics.errors.clone())).unwrap();
+        registry
+            .register(Box::new(metrics.timeouts.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(metrics.load_failures.clone()))
+            .unwrap();
+        let before = scrape(&registry);
+        Self { registry, before }
+    }
+
+    /// A meter on the metrics a pipeline (or a registry's pipeline) writes to.
+    pub fn of(pipeline: &Pipeline) -> Self {
+        Self::new(
+            pipeline
+                .metrics
+                .as_deref()
+                .expect("the pipeline has metrics"),
+        )
+    }
+
+    /// The series that changed since the meter was built, by how much.
+    pub fn moved(&self) -> BTreeMap<String, i64> {
+        let mut moved = scrape(&self.registry);
+        for (series, value) in &mut moved {
+            *value -= self.before.get(series).copied().unwrap_or(0);
+        }
+        moved.retain(|_, delta| *delta != 0);
+        moved
+    }
+}
+
+fn scrape(registry: &Registry) -> BTreeMap<String, i64> {
+    let text = TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        // Histogram buckets and sums are not counts; the `_count` line is.
+        .filter(|line| !line.contains("_bucket{") && !line.contains("_sum{"))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let series = series
+                .strip_prefix(METRIC_PREFIX)
+                .unwrap_or_else(|| panic!("{series} lacks the prefix {METRIC_PREFIX}"));
+            (
+                series.to_string(),
+                value
+                    .parse::<i64>()
+                    .unwrap_or_else(|e| panic!("{line}: {e}")),
+            )
+        })
+        .collect()
+}
+
+/// The expected result of [`Meter::moved`], from `(series, delta)` pairs.
+pub fn moved<const N: usize>(series: [(String, i64); N]) -> BTreeMap<String, i64> {
+    BTreeMap::from(series)
+}
+
+/// The call latency histogram's sample count: one per hook call, whatever its outcome.
+pub const CALLS: &str = "call_duration_seconds_count";
+
+/// The name of the seed pool's initialization policy, as hook label.
+pub const POOL_POLICY: &str = "test-workerpool-initialization-policy/initialization-policy.rego";
+
+/// A series of the seed pool's runs, as [`Meter::moved`] names it:
+/// `metric{hook="...",scope="default/test-workerpool",stage="..."}`.
+pub fn series(metric: &str, stage: &str, hook: &str) -> String {
+    format!(r#"{metric}{{hook="{hook}",scope="default/test-workerpool",stage="{stage}"}}"#)
+}
+
+/// The seed pool's `errors_total` series of `kind`.
+pub fn errors(stage: &str, hook: &str, kind: &str) -> String {
+    format!(
+        r#"errors_total{{hook="{hook}",kind="{kind}",scope="default/test-workerpool",stage="{stage}"}}"#
+    )
+}
+
+/// The `load_failures_total` series of `hook` in `scope` (`cluster` or `<namespace>/<pool>`).
+pub fn load_failures(scope: &str, hook: &str) -> String {
+    format!(r#"load_failures_total{{hook="{hook}",scope="{scope}"}}"#)
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
