@@ -368,7 +368,18 @@ fn a_policy_with_a_syntax_error_denies_the_pools_runs_and_says_why() {
          initialization-policy.rego:3:22: invalid character in string"
     );
     assert!(!report.condition().status);
-    let denial = denied(registry.pipeline(&pool).evaluate(input_for(&pool)));
+    let pipeline = registry.pipeline(&pool);
+    let meter = Meter::of(&pipeline);
+    let denial = denied(pipeline.evaluate(input_for(&pool)));
+    // Counted like a plugin that never loaded: a call, an `unavailable` error, a denial.
+    assert_eq!(
+        meter.moved(),
+        moved([
+            (series(CALLS, "poolPolicy", POOL_POLICY), 1),
+            (errors("poolPolicy", POOL_POLICY, "unavailable"), 1),
+            (series("denials_total", "poolPolicy", POOL_POLICY), 1),
+        ])
+    );
     assert_eq!(denial.stage, Stage::PoolPolicy);
     assert_eq!(
         denial.hook,

@@ -392,9 +392,14 @@ impl Pipeline {
                 }
                 format!("{stage} {:?} failed: {e}", policy.name())
             }),
-            PolicyEntry::Broken { name, reason } => Err(format!(
-                "{stage} {name:?} is broken, so every run is denied until it is fixed: {reason}"
-            )),
+            PolicyEntry::Broken { name, reason } => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.count_error(&self.scope, stage.as_str(), name, "unavailable", false);
+                }
+                Err(format!(
+                    "{stage} {name:?} is broken, so every run is denied until it is fixed: {reason}"
+                ))
+            }
         };
         let elapsed = started.elapsed();
         if let Some(metrics) = &self.metrics {
