@@ -57,12 +57,12 @@ pub struct RawOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error(
-        "timed out after {} ms (raise timeoutMillis if the plugin needs longer)",
+        "timed out after {} ms (raise timeoutMillis if the plugin needs longer, for a pool plugin up to the operator's limits.maxPluginTimeoutMillis)",
         limit.as_millis()
     )]
     Timeout { limit: Duration },
     #[error(
-        "exceeded its memory limit of {} (it asked for {}; raise memoryLimitMib if it needs more)",
+        "exceeded its memory limit of {} (it asked for {}; raise memoryLimitMib if it needs more, for a pool plugin up to the operator's limits.maxPluginMemoryLimitMib)",
         mib(*limit),
         mib(*desired)
     )]
@@ -299,7 +299,7 @@ mod tests {
         let err = evaluate("(loop br 0) i64.const 0").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "timed out after 100 ms (raise timeoutMillis if the plugin needs longer)"
+            "timed out after 100 ms (raise timeoutMillis if the plugin needs longer, for a pool plugin up to the operator's limits.maxPluginTimeoutMillis)"
         );
     }
 
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "exceeded its memory limit of 64 MiB (it asked for 125.1 MiB; raise memoryLimitMib \
-             if it needs more)"
+             if it needs more, for a pool plugin up to the operator's limits.maxPluginMemoryLimitMib)"
         );
     }
 

@@ -31,7 +31,7 @@ fn an_infinite_loop_is_timed_out() {
     assert_eq!(
         denial.reasons,
         [
-            "pool plugin \"spin\" failed: timed out after 100 ms (raise timeoutMillis if the plugin needs longer)"
+            "pool plugin \"spin\" failed: timed out after 100 ms (raise timeoutMillis if the plugin needs longer, for a pool plugin up to the operator's limits.maxPluginTimeoutMillis)"
         ]
     );
     assert!(
@@ -68,7 +68,7 @@ fn a_memory_hog_is_capped() {
     assert_eq!(
         denial.reasons,
         [
-            "pool plugin \"hog\" failed: exceeded its memory limit of 64 MiB (it asked for 64.1 MiB; raise memoryLimitMib if it needs more)"
+            "pool plugin \"hog\" failed: exceeded its memory limit of 64 MiB (it asked for 64.1 MiB; raise memoryLimitMib if it needs more, for a pool plugin up to the operator's limits.maxPluginMemoryLimitMib)"
         ]
     );
     assert_eq!(meter.moved(), failed_pool_plugin("hog", "memory"));
@@ -267,7 +267,7 @@ fn a_failing_plugin_with_failure_policy_ignore_is_skipped_and_recorded() {
     assert_eq!(
         allowed.trail[0].message.as_deref(),
         Some(
-            "pool plugin \"spin\" failed: timed out after 100 ms (raise timeoutMillis if the plugin needs longer) (failurePolicy: Ignore)"
+            "pool plugin \"spin\" failed: timed out after 100 ms (raise timeoutMillis if the plugin needs longer, for a pool plugin up to the operator's limits.maxPluginTimeoutMillis) (failurePolicy: Ignore)"
         )
     );
     assert_eq!(allowed.trail[1].outcome, Outcome::Allowed);
