@@ -210,15 +210,9 @@ async fn run_outcomes_are_reported_with_their_cause() -> anyhow::Result<()> {
         );
         let kept = stack.pods().get_opt(&pod.name_any()).await?;
         if *state == "succeeded" {
-            wait_for("the successful Pod deleted", WAIT, || async {
-                Ok(stack
-                    .pods()
-                    .get_opt(&pod.name_any())
-                    .await?
-                    .is_none()
-                    .then_some(()))
-            })
-            .await?;
+            stack
+                .wait_pod_gone("the successful Pod deleted", &pod.name_any())
+                .await?;
         } else {
             let kept = kept.expect("failed Pods are kept for debugging");
             assert_eq!(
@@ -252,15 +246,9 @@ async fn a_stop_request_deletes_the_pod_and_reports_stopped() -> anyhow::Result<
         eprintln!("{}", stack.operator_log());
     }
     stopped?;
-    wait_for("the stopped run's Pod gone", WAIT, || async {
-        Ok(stack
-            .pods()
-            .get_opt(&pod.name_any())
-            .await?
-            .is_none()
-            .then_some(()))
-    })
-    .await?;
+    stack
+        .wait_pod_gone("the stopped run's Pod gone", &pod.name_any())
+        .await?;
     stack.ns.cleanup().await
 }
 
@@ -620,15 +608,9 @@ async fn an_unschedulable_run_pod_fails_its_run_after_the_wait() -> anyhow::Resu
         failed.message
     );
     let pod_name = failed.pod_name.clone().unwrap_or_default();
-    wait_for("the abandoned Pod deleted", WAIT, || async {
-        Ok(stack
-            .pods()
-            .get_opt(&pod_name)
-            .await?
-            .is_none()
-            .then_some(()))
-    })
-    .await?;
+    stack
+        .wait_pod_gone("the abandoned Pod deleted", &pod_name)
+        .await?;
     stack.ns.cleanup().await
 }
 

@@ -254,6 +254,15 @@ impl Stack {
         .with_context(|| self.diagnostics())
     }
 
+    /// Waits until the Pod `name` no longer exists; `what` names the wait in its error.
+    pub async fn wait_pod_gone(&self, what: &str, name: &str) -> anyhow::Result<()> {
+        let pods = self.pods();
+        support::wait_for(what, WAIT, || async {
+            Ok(pods.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await
+    }
+
     /// Waits for the run's Pod to be Running, and returns its name.
     pub async fn wait_run_pod(&self, run_id: &str) -> anyhow::Result<Pod> {
         let pods = self.pods();
