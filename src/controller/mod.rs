@@ -28,13 +28,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
 use thiserror::Error;
 
 pub use links::{LinkManager, PoolHandle, PoolKey};
 pub use metrics::ControllerMetrics;
 
+use crate::crd::Worker;
 use crate::hooks::HookRegistry;
 use crate::link::LinkOptions;
 
@@ -143,6 +144,20 @@ impl Context {
                 .clone()
         };
         lock.lock_owned().await
+    }
+
+    /// Takes the worker's lock and reads the Worker under it: what the caller decides from this
+    /// copy cannot be overtaken by another handler of the same worker while the guard lives.
+    pub async fn locked_worker(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Option<Worker>), Error> {
+        let guard = self.worker_lock(namespace, name).await;
+        let worker = Api::<Worker>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await?;
+        Ok((guard, worker))
     }
 
     /// Records an event on an object; failures only log (events are best effort).

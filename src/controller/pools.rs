@@ -332,8 +332,8 @@ async fn delete_if_still_idle(
     namespace: &str,
     name: &str,
 ) -> Result<(), Error> {
-    let _guard = ctx.worker_lock(namespace, name).await;
-    let Some(worker) = api.get_opt(name).await? else {
+    let (_guard, worker) = ctx.locked_worker(namespace, name).await?;
+    let Some(worker) = worker else {
         return Ok(());
     };
     if worker

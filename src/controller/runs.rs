@@ -102,10 +102,8 @@ async fn on_schedule(
     let namespace = pool.key.namespace.clone();
     let name = worker_name(pool, worker_id);
     let run = RunRef::new(&schedule.run_id, &schedule.stage, schedule.attempt);
-    let _guard = ctx.worker_lock(&namespace, &name).await;
-
-    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(worker) = workers.get_opt(&name).await? else {
+    let (_guard, worker) = ctx.locked_worker(&namespace, &name).await?;
+    let Some(worker) = worker else {
         let reason = format!(
             "worker {worker_id} is not a Worker of WorkerPool {}",
             pool.key
@@ -350,11 +348,8 @@ async fn on_stop(
 ) -> Result<(), Error> {
     let namespace = pool.key.namespace.clone();
     let name = worker_name(pool, worker_id);
-    let _guard = ctx.worker_lock(&namespace, &name).await;
-    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current = workers
-        .get_opt(&name)
-        .await?
+    let (_guard, worker) = ctx.locked_worker(&namespace, &name).await?;
+    let current = worker
         .and_then(|w| w.status?.current_run)
         .filter(|r| r.run_id == stop.run_id && stop.stage.as_ref().is_none_or(|s| *s == r.stage));
     let Some(current) = current else {
@@ -423,22 +418,16 @@ pub fn finished_record(
     ending: &Ending,
     at: Timestamp,
 ) -> FinishedRun {
+    let outcome = match ending.outcome {
+        Outcome::Succeeded => FinishedOutcome::Succeeded,
+        Outcome::Failed => FinishedOutcome::Failed,
+        Outcome::Stopped => FinishedOutcome::Stopped,
+    };
     FinishedRun {
-        run_id: run.run_id.clone(),
-        stage: run.stage.clone(),
-        attempt: run.attempt,
-        pod_name: pod_name.to_string(),
-        message_id: Ulid::generate().to_string(),
-        finished_at: Time(at),
-        outcome: match ending.outcome {
-            Outcome::Succeeded => FinishedOutcome::Succeeded,
-            Outcome::Failed => FinishedOutcome::Failed,
-            Outcome::Stopped => FinishedOutcome::Stopped,
-        },
         cause: ending.cause.and_then(cause_name),
         message: ending.message.clone(),
         exit_code: ending.exit_code,
-        denied_by: Vec::new(),
+        ..new_record(run, pod_name, outcome, at)
     }
 }
 
@@ -450,16 +439,6 @@ pub fn denied_record(
     at: Timestamp,
 ) -> FinishedRun {
     FinishedRun {
-        run_id: run.run_id.clone(),
-        stage: run.stage.clone(),
-        attempt: run.attempt,
-        pod_name: pod_name.to_string(),
-        message_id: Ulid::generate().to_string(),
-        finished_at: Time(at),
-        outcome: FinishedOutcome::Denied,
-        cause: None,
-        message: String::new(),
-        exit_code: None,
         denied_by: reasons
             .iter()
             .map(|r| DeniedBy {
@@ -467,6 +446,29 @@ pub fn denied_record(
                 message: r.message.clone(),
             })
             .collect(),
+        ..new_record(run, pod_name, FinishedOutcome::Denied, at)
+    }
+}
+
+/// A record of `run` with no detail yet, under a fresh message id.
+fn new_record(
+    run: &RunRef,
+    pod_name: &str,
+    outcome: FinishedOutcome,
+    at: Timestamp,
+) -> FinishedRun {
+    FinishedRun {
+        run_id: run.run_id.clone(),
+        stage: run.stage.clone(),
+        attempt: run.attempt,
+        pod_name: pod_name.to_string(),
+        message_id: Ulid::generate().to_string(),
+        finished_at: Time(at),
+        outcome,
+        cause: None,
+        message: String::new(),
+        exit_code: None,
+        denied_by: Vec::new(),
     }
 }
 

@@ -242,8 +242,8 @@ pub async fn report_all_states(
         .map(ResourceExt::name_any)
         .collect();
     for name in names {
-        let _guard = ctx.worker_lock(&link.key.namespace, &name).await;
-        let Some(worker) = workers.get_opt(&name).await? else {
+        let (_guard, worker) = ctx.locked_worker(&link.key.namespace, &name).await?;
+        let Some(worker) = worker else {
             continue;
         };
         if worker.meta().deletion_timestamp.is_some() {
@@ -522,9 +522,8 @@ pub async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action,
     if status.registered != Some(true) {
         // Under the lock, read again: the worker may be in the middle of its creation, or
         // registered since this (cached) copy was taken.
-        let _guard = ctx.worker_lock(&namespace, &name).await;
-        let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-        if let Some(fresh) = workers.get_opt(&name).await?
+        let (_guard, fresh) = ctx.locked_worker(&namespace, &name).await?;
+        if let Some(fresh) = fresh
             && fresh.meta().deletion_timestamp.is_none()
             && fresh.status.as_ref().and_then(|s| s.registered) != Some(true)
         {
@@ -562,9 +561,8 @@ async fn check_run_pod(
     if pods.get_opt(&run.pod_name).await?.is_some() {
         return Ok(Action::requeue(ctx.config.resync));
     }
-    let _guard = ctx.worker_lock(&namespace, &name).await;
-    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(fresh) = workers.get_opt(&name).await? else {
+    let (_guard, fresh) = ctx.locked_worker(&namespace, &name).await?;
+    let Some(fresh) = fresh else {
         return Ok(Action::await_change());
     };
     let Some(run) = still_holds(&fresh, run) else {
