@@ -1,5 +1,6 @@
 //! The backend link and the reference backend against a real Mosquitto with mutual TLS
-//! (issue 4, item 5). Each test starts its own broker on a free port.
+//! (issue 4, item 5), and the reference backend's stack runs and launcher API (issue 11).
+//! Each test starts its own broker on a free port.
 
 mod broker;
 
@@ -11,18 +12,29 @@ mod backend;
 mod connect;
 #[path = "backend_link/delivery.rs"]
 mod delivery;
+#[path = "backend_link/harness.rs"]
+mod harness;
+#[path = "backend_link/identity.rs"]
+mod identity;
+#[path = "backend_link/launcher_auth.rs"]
+mod launcher_auth;
+#[path = "backend_link/launcher_client.rs"]
+mod launcher_client;
+#[path = "backend_link/reports.rs"]
+mod reports;
+#[path = "backend_link/stack_runs.rs"]
+mod stack_runs;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use ulid::Ulid;
-use workerpool_operator::backend::pool::{PoolRequest, create_pool};
 use workerpool_operator::backend::state::StateDir;
-use workerpool_operator::credentials::{Credentials, decode_credentials};
+use workerpool_operator::credentials::Credentials;
 use workerpool_operator::link::{
     BackendEndpoint, BackendLink, Backoff, Inbound, LinkMetrics, LinkOptions,
 };
@@ -56,19 +68,7 @@ pub fn options_with_metrics() -> (LinkOptions, LinkMetrics) {
 
 /// Creates a pool in the broker's backend state and decodes its credentials.
 pub fn new_pool(broker: &Broker, name: &str) -> Credentials {
-    let state = StateDir::new(&broker.state_dir);
-    let pool = create_pool(
-        &state,
-        &PoolRequest {
-            name,
-            csr_pem: None,
-            key_bits: 2048,
-            broker_url: Some(&broker.url),
-        },
-    )
-    .expect("create pool");
-    let key = pool.private_key_value().expect("generated key");
-    decode_credentials(pool.token.as_bytes(), key.as_bytes()).expect("credentials decode")
+    harness::new_pool_with_token(broker, name).0
 }
 
 /// The reference backend's link to `broker`.
@@ -119,9 +119,24 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(port: u16, tls: Arc<rustls::ClientConfig>, client_id: &str) -> Self {
+        Self::connect_as(port, tls, client_id, true).await.0
+    }
+
+    /// Connects with `client_id` and `clean_start` as given, and returns the broker's CONNACK
+    /// too (whether it found a session to resume).
+    pub async fn connect_as(
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+        client_id: &str,
+        clean_start: bool,
+    ) -> (Self, ConnAck) {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
-        options.set_clean_start(true);
+        options.set_clean_start(clean_start);
+        if !clean_start {
+            // A session that outlives the connection, as the operator's and the backend's do.
+            options.set_session_expiry_interval(Some(3600));
+        }
         options.set_max_packet_size(Some(4 * 1024 * 1024));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, mut packets) = mpsc::unbounded_channel();
@@ -133,26 +148,43 @@ impl RawClient {
                             return;
                         }
                     }
+                    // After our DISCONNECT the loop ends, so the client does not reconnect.
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                        let _ = eventloop.poll().await;
+                        return;
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         });
-        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        let connack = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(packet) = packets.recv().await {
-                if matches!(packet, Packet::ConnAck(_)) {
-                    return true;
+                if let Packet::ConnAck(connack) = packet {
+                    return Some(connack);
                 }
             }
-            false
+            None
         })
-        .await;
-        assert_eq!(connected, Ok(true), "raw client {client_id} connected");
-        Self {
+        .await
+        .ok()
+        .flatten();
+        let Some(connack) = connack else {
+            panic!("raw client {client_id} did not connect");
+        };
+        let client = Self {
             client,
             packets,
             task,
-        }
+        };
+        (client, connack)
+    }
+
+    /// Disconnects cleanly (a DISCONNECT, so the broker keeps any session) and waits until
+    /// the client has stopped.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
     }
 
     /// Waits for a packet matching `want`, skipping others, for at most `wait`.

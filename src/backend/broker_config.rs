@@ -1,6 +1,8 @@
 //! `broker-config`: a Mosquitto 2 configuration for the backend's CA. Mutual TLS only; the
-//! client certificate's CN becomes the MQTT username, and the ACL confines each pool
-//! certificate (CN = pool ULID) to its own topics while the backend identity may use all.
+//! client certificate's CN becomes the MQTT username *and* the client id, so a certificate is
+//! one identity: no client can present another's client id to disconnect it or to resume or
+//! wipe its persistent session. The ACL confines each pool certificate (CN = pool ULID) to its
+//! own topics while the backend identity may use all.
 
 use std::path::{Path, PathBuf};
 
@@ -147,7 +149,10 @@ certfile {d}/server.pem
 keyfile {d}/server-key.pem
 tls_version tlsv1.2
 require_certificate true
+# The certificate's CN is the username, and the username replaces whatever client id the
+# client sent: one certificate, one client id, one session.
 use_identity_as_username true
+use_username_as_clientid true
 "
     )
 }
@@ -173,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn the_listener_requires_client_certificates() {
+    fn the_listener_requires_client_certificates_and_binds_the_client_id_to_them() {
         let conf = mosquitto_conf(Path::new("/etc/b"), "127.0.0.1", 8883, Some("root"));
         for line in [
             "user root",
@@ -181,6 +186,7 @@ mod tests {
             "listener 8883 127.0.0.1",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
             "acl_file /etc/b/acl",
             "cafile /etc/b/ca.pem",
         ] {

@@ -11,6 +11,8 @@
 //! GET  /api/runs/{id}           one run with its events
 //! POST /api/runs/{id}/stop      stop a run
 //! ```
+//!
+//! and the stacks' routes ([`super::http_stacks`]).
 
 use std::sync::Arc;
 
@@ -94,6 +96,7 @@ pub(crate) async fn serve(
         .route("/api/runs", post(submit).get(runs))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/stop", post(stop_run))
+        .merge(super::http_stacks::routes())
         .with_state(shared);
     let shutdown = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

@@ -4,15 +4,22 @@
 //! issues pool credentials from its own CA ([`pool::create_pool`]), writes a Mosquitto
 //! configuration that enforces the protocol's topic ACL ([`broker_config`]), keeps a durable
 //! run queue in SQLite, dispatches runs to IDLE workers over MQTT and records every event
-//! ([`serve::Server`]), and serves a small HTTP API. It signs and encrypts nothing it does not
-//! need to: TLS (with the pool certificates) is the only cryptography on the wire.
+//! ([`serve::Server`]), and serves a small HTTP API. It keeps stacks (source, tool, state) and
+//! runs them stage by stage ([`stages`]): the run Pods' launchers fetch their jobs and send
+//! their logs, workspaces and state through the launcher API ([`launcher`]), HTTPS with
+//! requests signed by the worker's own key.
 
+pub mod archive;
+pub mod blobs;
 pub mod broker_config;
 pub mod ca;
 pub mod client;
 mod http;
+mod http_stacks;
+pub mod launcher;
 pub mod pool;
 pub mod serve;
+pub mod stages;
 pub mod state;
 pub mod store;
 

@@ -3,7 +3,8 @@
 //!   acknowledged to the broker;
 //! - **dispatcher**: queued runs go to IDLE workers; the outbox is published while the link is
 //!   connected; pools are told how many runs wait for them (`pool.status`);
-//! - **HTTP**: the API and `/metrics`.
+//! - **HTTP**: the API and `/metrics`;
+//! - **launcher API** (when `--launcher-listen` is given): HTTPS for the run Pods' launchers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,12 +15,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use ulid::Ulid;
 
 use super::BackendError;
-use super::http;
+use super::blobs::Blobs;
 use super::state::StateDir;
-use super::store::{Applied, Store};
+use super::store::{Applied, PoolGauges, Store};
+use super::{http, launcher};
 use crate::credentials::{BrokerScheme, BrokerUrl};
 use crate::link::{BackendEndpoint, BackendLink, Inbound, LinkMetrics, LinkOptions, LinkState};
-use crate::protocol::{Body, Message, PoolStatus};
+use crate::protocol::{Body, Message, PoolDemand, PoolStatus, check_launcher_endpoint};
 
 /// The launcher image a run gets unless its submission names one.
 pub const DEFAULT_LAUNCHER_IMAGE: &str = "public.ecr.aws/spacelift/launcher:latest";
@@ -39,6 +41,11 @@ pub struct ServeOptions {
     pub tick: Duration,
     /// Link tuning (metrics are set by the server).
     pub link: LinkOptions,
+    /// Where the launcher API listens (HTTPS); off when `None`.
+    pub launcher_listen: Option<SocketAddr>,
+    /// The launcher API's URL put into every schedule (`https://host[:port]`); by default
+    /// `https://<launcher_listen>`.
+    pub launcher_url: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +60,8 @@ impl Default for ServeOptions {
                 first_connect_retries: None,
                 ..LinkOptions::default()
             },
+            launcher_listen: None,
+            launcher_url: None,
         }
     }
 }
@@ -65,12 +74,19 @@ pub(crate) struct Shared {
     pub gauges: http::Gauges,
     pub launcher_image: String,
     pub wake: Notify,
+    pub blobs: Blobs,
+    /// What schedules carry as `launcherEndpoint` (the launcher API is on).
+    pub launcher_endpoint: Option<String>,
 }
 
 /// A running backend.
 pub struct Server {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
+    /// Where the launcher API listens, when it is on.
+    pub launcher_addr: Option<SocketAddr>,
+    /// The launcher API's URL in schedules, when it is on.
+    pub launcher_url: Option<String>,
     link: Option<Arc<BackendLink>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -117,7 +133,29 @@ impl Server {
             tls,
             namespace: config.topic_namespace,
         };
+        let launcher = match options.launcher_listen {
+            Some(listen) => {
+                // The URL's port may be the one the listener picks (`:0`), so the default URL
+                // is made once bound; the certificate names hosts, not ports.
+                let named = options
+                    .launcher_url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://{listen}"));
+                check_launcher_endpoint(&named)
+                    .map_err(|reason| BackendError::Input(format!("--launcher-url: {reason}")))?;
+                let hosts = launcher::certificate_hosts(listen, &named);
+                let listener =
+                    launcher::LauncherListener::bind(listen, &state.authority()?, &hosts).await?;
+                let url = options
+                    .launcher_url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://{}", listener.addr));
+                Some((listener, url))
+            }
+            None => None,
+        };
         let (link, inbound) = BackendLink::connect(&endpoint, link_options)?;
+        let blobs = state.blobs();
         let shared = Arc::new(Shared {
             store,
             link_state: link.state(),
@@ -125,6 +163,8 @@ impl Server {
             gauges,
             launcher_image: options.launcher_image.clone(),
             wake: Notify::new(),
+            blobs: blobs.clone(),
+            launcher_endpoint: launcher.as_ref().map(|(_, url)| url.clone()),
         });
 
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -135,7 +175,7 @@ impl Server {
             .map_err(|err| BackendError::Http(err.to_string()))?;
         let (stop, stop_rx) = watch::channel(false);
         let link = Arc::new(link);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(inbound_loop(shared.clone(), inbound)),
             tokio::spawn(dispatch_loop(
                 shared.clone(),
@@ -143,15 +183,48 @@ impl Server {
                 options.tick,
                 stop_rx.clone(),
             )),
-            tokio::spawn(http::serve(listener, shared.clone(), stop_rx)),
+            tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone())),
         ];
+        let (launcher_addr, launcher_url) = match launcher {
+            Some((listener, url)) => {
+                let addr = listener.addr;
+                let api = Arc::new(launcher::LauncherState {
+                    store: shared.store.clone(),
+                    blobs,
+                    nonces: launcher::Nonces::new(launcher::MAX_NONCES),
+                });
+                tasks.push(tokio::spawn(launcher::serve(listener, api, stop_rx)));
+                tracing::info!(%addr, %url, "launcher API serving (HTTPS)");
+                (Some(addr), Some(url))
+            }
+            None => (None, None),
+        };
         tracing::info!(%addr, "reference backend serving");
         Ok(Self {
             addr,
+            launcher_addr,
+            launcher_url,
             link: Some(link),
             stop,
             tasks,
         })
+    }
+
+    /// Publishes `message` to `pool` on the backend's own connection, outside the store and
+    /// its outbox (nothing records it): for tests and tools that re-send a message exactly as
+    /// the backend would. The broker gives a certificate one client id, so a second connection
+    /// with the backend's certificate would replace this one rather than sit beside it.
+    pub async fn publish_unrecorded(
+        &self,
+        pool: Ulid,
+        message: &Message,
+    ) -> Result<(), BackendError> {
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| BackendError::Input("the backend is shut down".to_string()))?;
+        link.publish(pool, message).await?;
+        Ok(())
     }
 
     /// Stops the loops and disconnects from the broker.
@@ -198,9 +271,9 @@ async fn dispatch_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut state = link.state();
-    let mut last_pending: HashMap<String, i64> = HashMap::new();
+    let mut last = LastSent::default();
     loop {
-        if let Err(err) = dispatch_once(&shared, &link, &mut last_pending).await {
+        if let Err(err) = dispatch_once(&shared, &link, &mut last).await {
             tracing::error!(error = %err, "dispatch pass failed");
         }
         tokio::select! {
@@ -219,9 +292,10 @@ async fn dispatch_loop(
 async fn dispatch_once(
     shared: &Shared,
     link: &BackendLink,
-    last_pending: &mut HashMap<String, i64>,
+    last: &mut LastSent,
 ) -> Result<(), BackendError> {
-    let dispatched = blocking(&shared.store, |s| s.dispatch()).await?;
+    let endpoint = shared.launcher_endpoint.clone();
+    let dispatched = blocking(&shared.store, move |s| s.dispatch(endpoint.as_deref())).await?;
     if dispatched > 0 {
         tracing::info!(dispatched, "dispatched queued runs");
     }
@@ -239,8 +313,11 @@ async fn dispatch_once(
             blocking(&shared.store, move |s| s.mark_sent(seq)).await?;
         }
     }
+    let gauges = blocking(&shared.store, |s| s.gauges()).await?;
+    send_demand(link, &gauges, &mut last.demand).await?;
+    let last_pending = &mut last.pending;
     // Tell each pool how many runs wait for it, when that changes.
-    for pool in blocking(&shared.store, |s| s.gauges()).await? {
+    for pool in gauges {
         if last_pending.get(&pool.id) == Some(&pool.pending) || pool.workers == 0 {
             continue;
         }
@@ -258,4 +335,68 @@ async fn dispatch_once(
         last_pending.insert(pool.id, pool.pending);
     }
     Ok(())
+}
+
+/// What the dispatch loop last told each pool (by pool ULID): forgotten on restart, so a
+/// restarted backend tells every pool again.
+#[derive(Default)]
+struct LastSent {
+    /// `pool.status`'s pending runs.
+    pending: HashMap<String, i64>,
+    /// `pool.demand`: pending and schedulable runs.
+    demand: HashMap<String, PoolDemand>,
+}
+
+/// The demand of each pool, from the store's counts: queued runs can start as soon as a
+/// worker is free; a tracked run whose plan awaits confirmation waits on a person, so it is
+/// pending but not schedulable.
+pub fn demand_of(pool: &PoolGauges) -> PoolDemand {
+    let count = |n: i64| u32::try_from(n).unwrap_or(0);
+    PoolDemand {
+        pending_runs: count(pool.pending).saturating_add(count(pool.awaiting_confirmation)),
+        schedulable_runs: count(pool.pending),
+    }
+}
+
+/// Pushes `pool.demand` to every pool whose demand changed since it was last sent, whether
+/// or not the pool has workers (a pool at 0 must hear of its first run to grow). Retained by
+/// the broker, so an operator that (re)connects gets the latest at once, without asking.
+async fn send_demand(
+    link: &BackendLink,
+    gauges: &[PoolGauges],
+    last: &mut HashMap<String, PoolDemand>,
+) -> Result<(), BackendError> {
+    for pool in gauges {
+        let demand = demand_of(pool);
+        if last.get(&pool.id) == Some(&demand) {
+            continue;
+        }
+        let Ok(pool_id) = Ulid::from_string(&pool.id) else {
+            continue;
+        };
+        let message = Message::for_pool(Body::PoolDemand(demand.clone()));
+        link.publish_retained(pool_id, &message).await?;
+        last.insert(pool.id.clone(), demand);
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Publishes `payload` byte for byte on `topic`, on the backend's own connection and
+    /// outside the store (nothing records it): for tests and tools that send what a faulty
+    /// backend would (malformed, oversized, another version). The broker gives a certificate
+    /// one client id, so a second connection with the backend's certificate would replace
+    /// this one rather than sit beside it.
+    pub async fn publish_payload_unrecorded(
+        &self,
+        topic: &crate::protocol::Topic,
+        payload: Vec<u8>,
+    ) -> Result<(), BackendError> {
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| BackendError::Input("the backend is shut down".to_string()))?;
+        link.publish_payload(topic, payload).await?;
+        Ok(())
+    }
 }

@@ -4,7 +4,9 @@
 //! <state-dir>/ca.pem, ca-key.pem            the CA (created on first use)
 //! <state-dir>/backend.pem, backend-key.pem  the backend's client certificate for the broker
 //! <state-dir>/config.json                   broker URL and topic namespace (broker-config writes it)
-//! <state-dir>/backend.sqlite                pools, workers, runs, events, outbox, inbox
+//! <state-dir>/backend.sqlite                pools, workers, runs, events, outbox, inbox,
+//!                                           stacks, tools, state versions, logs
+//! <state-dir>/blobs/<sha256>                sources, workspaces, tool binaries, states
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -104,6 +106,11 @@ impl StateDir {
         let authority = self.authority()?;
         let (cert_pem, key_pem) = self.backend_identity()?;
         tls_client_config(authority.cert_pem(), &cert_pem, &key_pem)
+    }
+
+    /// The content-addressed blobs.
+    pub fn blobs(&self) -> super::blobs::Blobs {
+        super::blobs::Blobs::new(self.root.join("blobs"))
     }
 
     /// The SQLite database path.

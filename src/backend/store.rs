@@ -7,11 +7,22 @@
 //! after a restart, under the same message id, until the worker accepts it).
 
 mod apply;
+mod launcher;
+mod logs;
+mod outbox;
+mod runs;
+mod stacks;
+mod tfstate;
 mod views;
 
 pub use apply::Applied;
+pub use launcher::{StageAccess, StageDenied, WorkerKey};
+pub use logs::{LogEntry, LogPage, StoredBatch};
+pub use stacks::{CreateStack, StackView, ToolView, UpdateStack, check_tool};
+pub use tfstate::{Holder, LockOutcome, StateVersionView, StateWrite};
 pub use views::{
-    EventView, OutboxEntry, PoolGauges, PoolView, RunView, SubmitRun, WorkerView, run_state,
+    EventView, OutboxEntry, PoolGauges, PoolView, RunView, SubmitRun, TriggerRun, WorkerView,
+    run_state,
 };
 
 use std::path::Path;
@@ -22,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use ulid::Ulid;
 
 use super::BackendError;
-use crate::protocol::{Body, Message, RunStop};
+use crate::protocol::Message;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS pools (
@@ -86,7 +97,71 @@ CREATE TABLE IF NOT EXISTS inbox (
     message_id TEXT PRIMARY KEY,
     received_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stacks (
+    name TEXT PRIMARY KEY,
+    pool_id TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    source_size INTEGER NOT NULL,
+    tool_name TEXT NOT NULL,
+    tool_version TEXT NOT NULL,
+    environment TEXT NOT NULL DEFAULT '{}',
+    runner_image TEXT,
+    managed_state INTEGER NOT NULL DEFAULT 1,
+    state_version INTEGER,
+    lock_id TEXT,
+    lock_info TEXT,
+    lock_run TEXT,
+    lock_stage TEXT,
+    lock_attempt INTEGER,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_versions (
+    stack TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    serial INTEGER,
+    lineage TEXT,
+    run_id TEXT,
+    stage TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (stack, version)
+);
+CREATE TABLE IF NOT EXISTS tools (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    added_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    part TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL,
+    UNIQUE (run_id, stage, attempt, part, seq)
+);
 "#;
+
+/// Columns added to `runs` after its first version (stack runs, stops, workspaces): added to
+/// an existing database when it is opened.
+const RUN_COLUMNS: [(&str, &str); 8] = [
+    ("stack", "TEXT"),
+    ("kind", "TEXT"),
+    ("source_sha256", "TEXT"),
+    ("source_size", "INTEGER"),
+    ("workspace_sha256", "TEXT"),
+    ("workspace_size", "INTEGER"),
+    ("stop_requested_at", "TEXT"),
+    ("stop_reason", "TEXT NOT NULL DEFAULT ''"),
+];
 
 /// The SQLite store. All methods are blocking; call them from `spawn_blocking`.
 pub struct Store {
@@ -122,6 +197,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate_runs(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -192,155 +268,6 @@ impl Store {
             .find(|p| p.name == name_or_id || p.id.eq_ignore_ascii_case(name_or_id)))
     }
 
-    /// Queues a run.
-    pub fn submit_run(
-        &self,
-        request: &SubmitRun,
-        default_launcher_image: &str,
-    ) -> Result<RunView, BackendError> {
-        let pool = self
-            .find_pool(&request.pool)?
-            .ok_or_else(|| BackendError::NotFound(format!("no pool named {:?}", request.pool)))?;
-        let stage = request
-            .stage
-            .clone()
-            .unwrap_or_else(|| "preparing".to_string());
-        let id = Ulid::generate().to_string();
-        let schedule = crate::protocol::RunSchedule {
-            run_id: id.clone(),
-            stage: stage.clone(),
-            attempt: 1,
-            runner_image: request.runner_image.clone(),
-            launcher_image: request
-                .launcher_image
-                .clone()
-                .unwrap_or_else(|| default_launcher_image.to_string()),
-            run_timeout_seconds: request.run_timeout_seconds,
-            logs_timeout_seconds: None,
-            metadata: request.metadata.clone(),
-        };
-        // The same checks a worker will apply, so a bad run is refused here, not dropped there.
-        Body::RunSchedule(schedule.clone())
-            .validate()
-            .map_err(|(field, reason)| BackendError::Input(format!("{field}: {reason}")))?;
-        let metadata = serde_json::to_string(&schedule.metadata)
-            .map_err(|err| BackendError::Input(err.to_string()))?;
-        self.with(|conn| {
-            let tx = conn.transaction().map_err(db)?;
-            let at = now();
-            tx.execute(
-                "INSERT INTO runs (id, pool_id, stage, attempt, runner_image, launcher_image,
-                   run_timeout_seconds, metadata, state, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                params![
-                    id,
-                    pool.id,
-                    stage,
-                    schedule.runner_image,
-                    schedule.launcher_image,
-                    schedule.run_timeout_seconds.map(|s| s as i64),
-                    metadata,
-                    run_state::QUEUED,
-                    at,
-                ],
-            )
-            .map_err(db)?;
-            event(
-                &tx,
-                Some(&pool.id),
-                Some(&id),
-                None,
-                "queued",
-                &serde_json::to_value(request).unwrap_or_default(),
-            )?;
-            tx.commit().map_err(db)
-        })?;
-        self.run(&id)?
-            .ok_or_else(|| BackendError::Store(format!("run {id} vanished")))
-    }
-
-    /// One run with its events.
-    pub fn run(&self, id: &str) -> Result<Option<RunView>, BackendError> {
-        Ok(self.query_runs(Some(id), None)?.into_iter().next())
-    }
-
-    /// Runs (of one pool, by name or ULID), newest first, with their events.
-    pub fn runs(&self, pool: Option<&str>) -> Result<Vec<RunView>, BackendError> {
-        let pool_id = match pool {
-            Some(pool) => Some(
-                self.find_pool(pool)?
-                    .ok_or_else(|| BackendError::NotFound(format!("no pool named {pool:?}")))?
-                    .id,
-            ),
-            None => None,
-        };
-        self.query_runs(None, pool_id.as_deref())
-    }
-
-    fn query_runs(
-        &self,
-        id: Option<&str>,
-        pool_id: Option<&str>,
-    ) -> Result<Vec<RunView>, BackendError> {
-        self.with(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT id, pool_id, stage, attempt, runner_image, launcher_image, state,
-                            worker_id, pod_name, cause, message, created_at, updated_at
-                     FROM runs
-                     WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR pool_id = ?2)
-                     ORDER BY seq DESC",
-                )
-                .map_err(db)?;
-            let runs = stmt
-                .query_map(params![id, pool_id], |r| {
-                    Ok(RunView {
-                        id: r.get(0)?,
-                        pool_id: r.get(1)?,
-                        stage: r.get(2)?,
-                        attempt: r.get(3)?,
-                        runner_image: r.get(4)?,
-                        launcher_image: r.get(5)?,
-                        state: r.get(6)?,
-                        worker_id: r.get(7)?,
-                        pod_name: r.get(8)?,
-                        cause: r.get(9)?,
-                        message: r.get(10)?,
-                        created_at: r.get(11)?,
-                        updated_at: r.get(12)?,
-                        events: Vec::new(),
-                    })
-                })
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            let mut events = conn
-                .prepare(
-                    "SELECT at, kind, worker_id, detail FROM events WHERE run_id = ?1 ORDER BY seq",
-                )
-                .map_err(db)?;
-            runs.into_iter()
-                .map(|mut run| {
-                    run.events = events
-                        .query_map([&run.id], |r| {
-                            let detail: String = r.get(3)?;
-                            Ok(EventView {
-                                at: r.get(0)?,
-                                kind: r.get(1)?,
-                                worker_id: r.get(2)?,
-                                detail: serde_json::from_str(&detail)
-                                    .unwrap_or(serde_json::Value::String(detail)),
-                            })
-                        })
-                        .map_err(db)?
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(db)?;
-                    Ok(run)
-                })
-                .collect()
-        })
-    }
-
     /// Workers (of one pool, by name or ULID), including deregistered ones.
     pub fn workers(&self, pool: Option<&str>) -> Result<Vec<WorkerView>, BackendError> {
         let pool_id = match pool {
@@ -378,130 +305,6 @@ impl Store {
         })
     }
 
-    /// Asks for a run to stop: a queued run stops at once; a dispatched or running one gets a
-    /// `run.stop` message to its worker and stops when the worker reports it.
-    pub fn request_stop(&self, run_id: &str, reason: &str) -> Result<RunView, BackendError> {
-        let run = self
-            .run(run_id)?
-            .ok_or_else(|| BackendError::NotFound(format!("no run {run_id}")))?;
-        self.with(|conn| {
-            let tx = conn.transaction().map_err(db)?;
-            let detail = serde_json::json!({"reason": reason});
-            if run.state == run_state::QUEUED {
-                set_run_state(&tx, run_id, run_state::STOPPED, None, reason)?;
-                event(
-                    &tx,
-                    Some(&run.pool_id),
-                    Some(run_id),
-                    None,
-                    "stopped",
-                    &detail,
-                )?;
-            } else if run_state::ACTIVE.contains(&run.state.as_str()) {
-                let (Ok(pool), Some(Ok(worker))) = (
-                    Ulid::from_string(&run.pool_id),
-                    run.worker_id.as_deref().map(Ulid::from_string),
-                ) else {
-                    return Err(BackendError::Store(format!(
-                        "run {run_id} has no valid worker"
-                    )));
-                };
-                let stop = Message::for_worker(
-                    worker,
-                    Body::RunStop(RunStop {
-                        run_id: run_id.to_string(),
-                        stage: Some(run.stage.clone()),
-                        reason: reason.to_string(),
-                    }),
-                );
-                enqueue(&tx, pool, &stop, Some(run_id))?;
-                event(
-                    &tx,
-                    Some(&run.pool_id),
-                    Some(run_id),
-                    run.worker_id.as_deref(),
-                    "stop.requested",
-                    &detail,
-                )?;
-            } else {
-                return Err(BackendError::Conflict(format!(
-                    "run {run_id} is already {}",
-                    run.state
-                )));
-            }
-            tx.commit().map_err(db)
-        })?;
-        self.run(run_id)?
-            .ok_or_else(|| BackendError::Store(format!("run {run_id} vanished")))
-    }
-
-    /// Messages not yet handed to the broker, oldest first.
-    pub fn unsent(&self, limit: usize) -> Result<Vec<OutboxEntry>, BackendError> {
-        self.with(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT seq, pool_id, payload FROM outbox WHERE sent_at IS NULL
-                     ORDER BY seq LIMIT ?1",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            rows.into_iter()
-                .map(|(seq, pool, payload)| {
-                    let pool_id = Ulid::from_string(&pool)
-                        .map_err(|err| BackendError::Store(format!("outbox {seq}: {err}")))?;
-                    let message = serde_json::from_str(&payload)
-                        .map_err(|err| BackendError::Store(format!("outbox {seq}: {err}")))?;
-                    Ok(OutboxEntry {
-                        seq,
-                        pool_id,
-                        message,
-                    })
-                })
-                .collect()
-        })
-    }
-
-    /// Marks an outbox entry as handed to the broker.
-    pub fn mark_sent(&self, seq: i64) -> Result<(), BackendError> {
-        self.with(|conn| {
-            conn.execute(
-                "UPDATE outbox SET sent_at = ?2 WHERE seq = ?1",
-                params![seq, now()],
-            )
-            .map_err(db)?;
-            Ok(())
-        })
-    }
-
-    /// After a restart, what may have died in the broker client's memory with the previous
-    /// process is sent again, with its original message id (a worker that got the first copy
-    /// de-duplicates it): schedules whose run the worker has not accepted yet, and stop
-    /// requests whose run has not ended yet.
-    pub fn resend_unsettled(&self) -> Result<usize, BackendError> {
-        self.with(|conn| {
-            conn.execute(
-                "UPDATE outbox SET sent_at = NULL
-                 WHERE sent_at IS NOT NULL AND (
-                   (kind = 'run.schedule'
-                     AND run_id IN (SELECT id FROM runs WHERE state = ?1))
-                   OR (kind = 'run.stop'
-                     AND run_id IN (SELECT id FROM runs WHERE state IN (?1, ?2, ?3))))",
-                run_state::ACTIVE,
-            )
-            .map_err(db)
-        })
-    }
-
     /// Numbers for `/metrics`, per pool.
     pub fn gauges(&self) -> Result<Vec<PoolGauges>, BackendError> {
         self.with(|conn| {
@@ -509,6 +312,8 @@ impl Store {
                 .prepare(
                     "SELECT p.id, p.name,
                        (SELECT COUNT(*) FROM runs r WHERE r.pool_id = p.id AND r.state = 'queued'),
+                       (SELECT COUNT(*) FROM runs r WHERE r.pool_id = p.id
+                          AND r.state = 'unconfirmed'),
                        (SELECT COUNT(*) FROM workers w WHERE w.pool_id = p.id
                           AND w.deregistered_at IS NULL),
                        (SELECT COUNT(*) FROM workers w WHERE w.pool_id = p.id
@@ -525,8 +330,9 @@ impl Store {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     pending: r.get(2)?,
-                    workers: r.get(3)?,
-                    busy: r.get(4)?,
+                    awaiting_confirmation: r.get(3)?,
+                    workers: r.get(4)?,
+                    busy: r.get(5)?,
                 })
             })
             .map_err(db)?
@@ -534,6 +340,23 @@ impl Store {
             .map_err(db)
         })
     }
+}
+
+fn migrate_runs(conn: &Connection) -> Result<(), BackendError> {
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('runs')")
+        .map_err(db)?
+        .query_map([], |r| r.get(0))
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    for (name, kind) in RUN_COLUMNS {
+        if !existing.iter().any(|e| e == name) {
+            conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {name} {kind}"))
+                .map_err(db)?;
+        }
+    }
+    Ok(())
 }
 
 /// Records an event.
@@ -590,62 +413,10 @@ fn set_run_state(
         params![run_id, state, cause, message, now()],
     )
     .map_err(db)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{RunRef, WorkerRegister};
-
-    #[test]
-    fn after_a_restart_unsettled_schedules_and_stops_are_sent_again() {
-        let store = Store::open_in_memory().unwrap();
-        let (pool, worker) = (Ulid::generate(), Ulid::generate());
-        store.insert_pool(pool, "p").unwrap();
-        let register = Body::WorkerRegister(WorkerRegister {
-            name: format!("p-{}", worker.to_string().to_lowercase()),
-            public_key: "key".into(),
-            metadata: Default::default(),
-        });
-        store
-            .apply_inbound(pool, &Message::for_worker(worker, register))
-            .unwrap();
-        let send_all = || {
-            for entry in store.unsent(100).unwrap() {
-                store.mark_sent(entry.seq).unwrap();
-            }
-        };
-        send_all();
-        let request = SubmitRun {
-            pool: "p".into(),
-            runner_image: Some("alpine".into()),
-            ..SubmitRun::default()
-        };
-        let run = store.submit_run(&request, "launcher").unwrap();
-        assert_eq!(store.dispatch().unwrap(), 1);
-        send_all();
-        // The schedule was handed to the broker client, which died with the process.
-        assert_eq!(store.resend_unsettled().unwrap(), 1);
-        let kinds = |store: &Store| -> Vec<&'static str> {
-            store
-                .unsent(100)
-                .unwrap()
-                .iter()
-                .map(|e| e.message.body.kind())
-                .collect()
-        };
-        assert_eq!(kinds(&store), ["run.schedule"]);
-        send_all();
-
-        let accepted = Body::RunAccepted(RunRef::new(&run.id, "preparing", 1));
-        store
-            .apply_inbound(pool, &Message::for_worker(worker, accepted))
-            .unwrap();
-        store.request_stop(&run.id, "by hand").unwrap();
-        send_all();
-        // Accepted: the schedule is settled; the stop is not until the run ends.
-        assert_eq!(store.resend_unsettled().unwrap(), 1);
-        assert_eq!(kinds(&store), ["run.stop"]);
+    // A state lock cannot outlive the stage that took it: a Pod killed mid-apply would
+    // otherwise leave the stack locked for every later run.
+    if !run_state::ACTIVE.contains(&state) {
+        tfstate::release_locks_of(tx, run_id)?;
     }
+    Ok(())
 }

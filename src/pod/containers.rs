@@ -3,15 +3,17 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, SecurityContext, VolumeMount};
 
+use launcher_api::layout;
+
 use super::{
     BINARIES_CACHE_PATH, BINARIES_PATH, BINARIES_VOLUME, BuildError, GRPC_CONTAINER,
-    INIT_CONTAINER, Volumes, WORKER_CONTAINER, WORKSPACE_PATH, non_empty,
+    IDENTITY_VOLUME, INIT_CONTAINER, Volumes, WORKER_CONTAINER, WORKSPACE_PATH, non_empty,
 };
 use crate::crd::{ContainerOverride, PodTemplate};
 use crate::protocol::RunSchedule;
 
 /// The launcher binary in the launcher image.
-const LAUNCHER_COMMAND: &str = "/usr/bin/spacelift-launcher";
+const LAUNCHER_COMMAND: &str = layout::LAUNCHER_BINARY;
 /// The worker binary, put in the binaries volume by the init container.
 const WORKER_COMMAND: &str = "/opt/spacelift/binaries/spacelift-worker";
 /// The PATH of a stock container image, after the Spacelift directories.
@@ -40,14 +42,23 @@ pub(super) fn containers(
     let workspace = mount(&volumes.workspace, WORKSPACE_PATH);
     let binaries = mount(BINARIES_VOLUME, BINARIES_PATH);
     let cache = mount(&volumes.binaries_cache, BINARIES_CACHE_PATH);
+    let identity = VolumeMount {
+        read_only: Some(true),
+        ..mount(IDENTITY_VOLUME, layout::IDENTITY_PATH)
+    };
 
     let init = builtin(
         INIT_CONTAINER,
         launcher_image,
         LAUNCHER_COMMAND,
         &["init"],
-        run_env(ids),
-        vec![workspace.clone(), binaries.clone(), cache.clone()],
+        launcher_env(ids),
+        vec![
+            workspace.clone(),
+            binaries.clone(),
+            cache.clone(),
+            identity.clone(),
+        ],
         template.init_container.as_ref(),
     );
     let grpc = builtin(
@@ -55,20 +66,17 @@ pub(super) fn containers(
         launcher_image,
         LAUNCHER_COMMAND,
         &["grpc-server"],
-        run_env(ids),
-        vec![workspace.clone()],
+        launcher_env(ids),
+        vec![workspace.clone(), identity],
         template.grpc_server_container.as_ref(),
     );
     let mut worker_env = run_env(ids);
     worker_env.push(env("PATH", worker_path(template)));
     if let Some(seconds) = ids.run.run_timeout_seconds {
-        worker_env.push(env("SPACELIFT_LAUNCHER_RUN_TIMEOUT", format!("{seconds}s")));
+        worker_env.push(env(layout::ENV_RUN_TIMEOUT, format!("{seconds}s")));
     }
     if let Some(seconds) = ids.run.logs_timeout_seconds {
-        worker_env.push(env(
-            "SPACELIFT_LAUNCHER_LOGS_TIMEOUT",
-            format!("{seconds}s"),
-        ));
+        worker_env.push(env(layout::ENV_LOGS_TIMEOUT, format!("{seconds}s")));
     }
     let worker = builtin(
         WORKER_CONTAINER,
@@ -103,11 +111,11 @@ fn worker_path(template: &PodTemplate) -> String {
 
 fn run_env(ids: &RunIds<'_>) -> Vec<EnvVar> {
     vec![
-        env("SPACELIFT_WORKER_POOL_ULID", ids.pool.to_string()),
-        env("SPACELIFT_WORKER_ULID", ids.worker.to_string()),
-        env("SPACELIFT_RUN_ULID", ids.run.run_id.clone()),
-        env("SPACELIFT_RUN_STAGE", ids.run.stage.clone()),
-        env("SPACELIFT_RUN_ATTEMPT", ids.run.attempt.to_string()),
+        env(layout::ENV_POOL, ids.pool.to_string()),
+        env(layout::ENV_WORKER, ids.worker.to_string()),
+        env(layout::ENV_RUN, ids.run.run_id.clone()),
+        env(layout::ENV_STAGE, ids.run.stage.clone()),
+        env(layout::ENV_ATTEMPT, ids.run.attempt.to_string()),
         env("SPACELIFT_WORKSPACE_PATH", WORKSPACE_PATH.to_string()),
         env("SPACELIFT_BINARIES_PATH", BINARIES_PATH.to_string()),
         env(
@@ -115,6 +123,15 @@ fn run_env(ids: &RunIds<'_>) -> Vec<EnvVar> {
             BINARIES_CACHE_PATH.to_string(),
         ),
     ]
+}
+
+/// The launcher containers also learn where the backend's launcher API is.
+fn launcher_env(ids: &RunIds<'_>) -> Vec<EnvVar> {
+    let mut env_vars = run_env(ids);
+    if let Some(endpoint) = non_empty(&ids.run.launcher_endpoint) {
+        env_vars.push(env(layout::ENV_ENDPOINT, endpoint));
+    }
+    env_vars
 }
 
 fn env(name: &str, value: String) -> EnvVar {
@@ -127,7 +144,7 @@ fn env(name: &str, value: String) -> EnvVar {
 
 /// A built-in container with the pool's override applied: env, envFrom and volumeMounts are
 /// appended (a variable the pool sets replaces the built-in one of the same name), resources,
-/// securityContext and imagePullPolicy replace the defaults.
+/// securityContext, imagePullPolicy and lifecycle replace the defaults.
 fn builtin(
     name: &str,
     image: &str,
@@ -156,6 +173,7 @@ fn builtin(
             ..SecurityContext::default()
         })),
         image_pull_policy: non_empty(&over.image_pull_policy),
+        lifecycle: over.lifecycle,
         ..Container::default()
     }
 }

@@ -1,6 +1,7 @@
 //! The run Pod: `build_pod(pool, worker, run)` turns a pool's settings and one scheduled run
 //! stage into the Pod that processes it. Pure: no I/O, so every field is table-tested.
 
+mod checks;
 mod containers;
 mod image;
 #[cfg(test)]
@@ -8,27 +9,32 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodSecurityContext, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, KeyToPath, Pod, PodSecurityContext, PodSpec, ProjectedVolumeSource,
+    SecretProjection, Volume, VolumeProjection,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
+use launcher_api::layout;
 use thiserror::Error;
 
 pub use image::{DOCKER_HUB, ImageError, ImageReference};
 
 use crate::crd::{
     DEFAULT_ACTIVE_DEADLINE_SECONDS, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS, LABEL_RUN_ID,
-    LABEL_ULID, LABEL_WORKER, LABEL_WORKERPOOL, PodTemplate, Worker, WorkerPool,
+    LABEL_ULID, LABEL_WORKER, LABEL_WORKERPOOL, PodTemplate, WORKER_SECRET_PRIVATE_KEY, Worker,
+    WorkerPool,
 };
 use crate::protocol::{RunRef, RunSchedule, check_stage};
 
 /// The user and group every run container runs as unless the pool says otherwise.
 pub const SPACELIFT_UID: i64 = 1983;
 /// Where the run's workspace is mounted.
-pub const WORKSPACE_PATH: &str = "/opt/spacelift/workspace";
+pub const WORKSPACE_PATH: &str = layout::WORKSPACE_PATH;
 /// Where the shared binaries cache is mounted.
-pub const BINARIES_CACHE_PATH: &str = "/opt/spacelift/binaries_cache";
+pub const BINARIES_CACHE_PATH: &str = layout::BINARIES_CACHE_PATH;
 /// Where the init container puts the worker binary and tools for the run.
-pub const BINARIES_PATH: &str = "/opt/spacelift/binaries";
+pub const BINARIES_PATH: &str = layout::BINARIES_PATH;
 /// The built-in init container.
 pub const INIT_CONTAINER: &str = "init";
 /// The built-in gRPC sidecar.
@@ -39,6 +45,8 @@ pub const WORKER_CONTAINER: &str = "worker";
 const WORKSPACE_VOLUME: &str = "workspace";
 const BINARIES_CACHE_VOLUME: &str = "binaries-cache";
 const BINARIES_VOLUME: &str = "binaries";
+/// The worker's key and the pool token, for `init` and `launcher-grpc` only.
+const IDENTITY_VOLUME: &str = "launcher-identity";
 
 /// Why a run Pod cannot be built. Each message names the field to fix.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -83,6 +91,36 @@ pub enum BuildError {
         "spec.pod.{field}: container name {name:?} is used twice in the run Pod (init, launcher-grpc and worker are reserved): rename it"
     )]
     DuplicateContainer { field: String, name: String },
+    #[error(
+        "spec.pod.{field}: {name} is set by the operator in every run Pod ({what}): remove it from the WorkerPool{hint}",
+        hint = if name == "PATH" { "; spec.pod.customBinariesPath puts directories in front of the run's PATH" } else { "" }
+    )]
+    ReservedEnv {
+        field: String,
+        name: String,
+        what: &'static str,
+    },
+    #[error(
+        "spec.pod.{field}.mountPath: {mount_path:?} is at or under {builtin}, where the operator mounts {what} in every run Pod: mount the volume outside /opt/spacelift/workspace, /opt/spacelift/binaries, /opt/spacelift/binaries_cache and /opt/spacelift/identity (spec.pod.workspaceVolume and spec.pod.binariesCacheVolume choose the storage of the first two)"
+    )]
+    BuiltinMountPath {
+        field: String,
+        mount_path: String,
+        builtin: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "spec.pod.{field}.name: the volume \"launcher-identity\" holds the worker's private key, which only the operator's init and launcher-grpc containers mount: remove this mount"
+    )]
+    IdentityMounted { field: String },
+    #[error(
+        "spec.pod.{field}: {name:?} is not a valid {kind} name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit): rename it"
+    )]
+    InvalidName {
+        field: String,
+        kind: &'static str,
+        name: String,
+    },
 }
 
 /// Builds the Pod for one stage of a run on `worker`, exactly as the seed documents it: see
@@ -90,6 +128,7 @@ pub enum BuildError {
 pub fn build_pod(pool: &WorkerPool, worker: &Worker, run: &RunSchedule) -> Result<Pod, BuildError> {
     let template = pool.pod_template();
     let name = pod_name(run)?;
+    checks::check_template(&template)?;
     let worker_name = worker.metadata.name.clone().unwrap_or_default();
     let worker_label = |label| {
         worker
@@ -127,7 +166,7 @@ pub fn build_pod(pool: &WorkerPool, worker: &Worker, run: &RunSchedule) -> Resul
             .unwrap_or_default(),
     )?;
 
-    let volumes = volumes(&template)?;
+    let volumes = volumes(&template, identity_volume(pool, &worker_name))?;
     let ids = containers::RunIds {
         pool: &pool_ulid,
         worker: &worker_ulid,
@@ -178,6 +217,7 @@ pub fn build_pod(pool: &WorkerPool, worker: &Worker, run: &RunSchedule) -> Resul
             dns_config: template.dns_config.clone(),
             runtime_class_name: non_empty(&template.runtime_class_name),
             topology_spread_constraints: template.topology_spread_constraints.clone(),
+            share_process_namespace: template.share_process_namespace,
             ..PodSpec::default()
         }),
         status: None,
@@ -245,14 +285,57 @@ fn pod_security_context(configured: Option<PodSecurityContext>) -> PodSecurityCo
 }
 
 /// The run Pod's volumes: the workspace and binaries cache (the pool's or emptyDirs), the
-/// binaries directory, then `spec.pod.volumes`.
+/// binaries directory, the launcher's identity, then `spec.pod.volumes`.
 struct Volumes {
     workspace: String,
     binaries_cache: String,
     all: Vec<Volume>,
 }
 
-fn volumes(template: &PodTemplate) -> Result<Volumes, BuildError> {
+/// The launcher's identity: the worker's private key from the Worker's own Secret, and the
+/// pool token (for the backend's CA) from the pool's Secret. Mounted into `init` and
+/// `launcher-grpc` only, never into the runner's container. Files are 0444: the containers
+/// run as 1983 and a Secret volume's files belong to root unless the pool sets an `fsGroup`;
+/// only the two launcher containers mount the volume.
+fn identity_volume(pool: &WorkerPool, worker_name: &str) -> Volume {
+    let item = |key: &str, path: &str| KeyToPath {
+        key: key.to_string(),
+        path: path.to_string(),
+        mode: None,
+    };
+    let mut sources = vec![VolumeProjection {
+        secret: Some(SecretProjection {
+            name: worker_name.to_string(),
+            items: Some(vec![item(
+                WORKER_SECRET_PRIVATE_KEY,
+                layout::IDENTITY_KEY_FILE,
+            )]),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    }];
+    if let Some(token) = &pool.spec.token {
+        let selector = &token.secret_key_ref;
+        sources.push(VolumeProjection {
+            secret: Some(SecretProjection {
+                name: selector.name.clone(),
+                items: Some(vec![item(&selector.key, layout::IDENTITY_TOKEN_FILE)]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        });
+    }
+    Volume {
+        name: IDENTITY_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(sources),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn volumes(template: &PodTemplate, identity: Volume) -> Result<Volumes, BuildError> {
     let special = |configured: &Option<Volume>, default_name: &str| {
         let mut volume = configured
             .clone()
@@ -269,6 +352,7 @@ fn volumes(template: &PodTemplate) -> Result<Volumes, BuildError> {
         ("volumes", empty_dir(BINARIES_VOLUME)),
         ("workspaceVolume", workspace.clone()),
         ("binariesCacheVolume", binaries_cache.clone()),
+        ("volumes", identity),
     ];
     let extra = template
         .volumes

@@ -178,11 +178,20 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
         BINARIES_CACHE_PATH.to_string(),
     );
     let binaries = ("binaries".to_string(), BINARIES_PATH.to_string());
+    let identity = (
+        "launcher-identity".to_string(),
+        "/opt/spacelift/identity".to_string(),
+    );
     assert_eq!(
         mounts(init),
-        [workspace.clone(), binaries.clone(), cache.clone()]
+        [
+            workspace.clone(),
+            binaries.clone(),
+            cache.clone(),
+            identity.clone()
+        ]
     );
-    assert_eq!(mounts(grpc), vec![workspace.clone()]);
+    assert_eq!(mounts(grpc), vec![workspace.clone(), identity]);
     assert_eq!(mounts(worker), [workspace, binaries, cache]);
     let volumes: Vec<(&str, bool)> = spec
         .volumes
@@ -195,9 +204,86 @@ fn the_minimal_seed_pool_gets_the_documented_pod() {
         [
             ("binaries", true),
             ("workspace", true),
-            ("binaries-cache", true)
+            ("binaries-cache", true),
+            ("launcher-identity", false)
         ]
     );
+}
+
+#[test]
+fn only_the_launcher_containers_get_the_worker_key_and_the_pool_token() {
+    let mut scheduled = run();
+    scheduled.launcher_endpoint = Some("https://10.213.0.1:8443".into());
+    let pod = build_pod(&fixture("create-a-workerpool"), &worker(), &scheduled).unwrap();
+    let identity = spec(&pod)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "launcher-identity")
+        .and_then(|v| v.projected.clone())
+        .expect("a projected identity volume");
+    let sources: Vec<(String, String, String)> = identity
+        .sources
+        .iter()
+        .flatten()
+        .filter_map(|s| s.secret.as_ref())
+        .flat_map(|secret| {
+            secret
+                .items
+                .iter()
+                .flatten()
+                .map(|item| (secret.name.clone(), item.key.clone(), item.path.clone()))
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (
+                "test-pool-01hps6k4bnb7bphcdhdwfamjnv".to_string(),
+                "privateKey".to_string(),
+                "worker.key".to_string()
+            ),
+            (
+                "test-workerpool".to_string(),
+                "token".to_string(),
+                "pool.token".to_string()
+            ),
+        ]
+    );
+    for name in ["init", "launcher-grpc"] {
+        let c = container(&pod, name);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "launcher-identity")
+            .unwrap_or_else(|| panic!("{name} mounts the identity"));
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(
+            env(c, "SPACELIFT_LAUNCHER_ENDPOINT"),
+            ["https://10.213.0.1:8443"]
+        );
+    }
+    let worker = container(&pod, "worker");
+    assert!(
+        worker
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "launcher-identity"),
+        "the runner's container never sees the worker key"
+    );
+    assert!(env(worker, "SPACELIFT_LAUNCHER_ENDPOINT").is_empty());
+    // A pool without credentials (the seed's sidecar example) has no token to mount.
+    let bare = build(&fixture("docker-daemon-sidecar"));
+    let identity = spec(&bare)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "launcher-identity")
+        .and_then(|v| v.projected.clone())
+        .unwrap();
+    assert_eq!(identity.sources.map(|s| s.len()), Some(1));
 }
 
 #[test]
@@ -434,6 +520,47 @@ fn container_overrides_set_security_context_pull_policy_env_from_and_mounts() {
 }
 
 #[test]
+fn lifecycle_hooks_and_a_shared_process_namespace_let_a_pre_stop_hook_reach_the_run() {
+    // Controller v0.0.42: a preStop hook on worker or launcher-grpc, with the containers
+    // sharing one process namespace, can signal the run when the node drains.
+    let pre_stop =
+        json!({"preStop": {"exec": {"command": ["/bin/sh", "-c", "pkill -INT tofu; sleep 20"]}}});
+    let pod = build(&pool(json!({"pod": {
+        "shareProcessNamespace": true,
+        "workerContainer": {"lifecycle": pre_stop},
+        "grpcServerContainer": {"lifecycle": {"postStart": {"exec": {"command": ["true"]}}}},
+    }})));
+    assert_eq!(spec(&pod).share_process_namespace, Some(true));
+    let worker = container(&pod, "worker").lifecycle.as_ref().unwrap();
+    assert_eq!(
+        worker
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .as_ref()
+            .unwrap()[2],
+        "pkill -INT tofu; sleep 20"
+    );
+    assert!(
+        container(&pod, "launcher-grpc")
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .is_some()
+    );
+    assert_eq!(container(&pod, "init").lifecycle, None);
+    // Unset, the Pod is as before.
+    let plain = build(&pool(json!({})));
+    assert_eq!(spec(&plain).share_process_namespace, None);
+    assert_eq!(container(&plain, "worker").lifecycle, None);
+}
+
+#[test]
 fn custom_init_containers_run_before_init() {
     let pod = build(&pool(json!({"pod": {"customInitContainers": [
         {"name": "fetch-certs", "image": "busybox"},
@@ -605,10 +732,13 @@ fn a_worker_without_identity_cannot_own_a_pod() {
 
 #[test]
 fn the_builder_never_emits_duplicate_env_names() {
-    let pod = build(&pool(json!({"pod": {"workerContainer": {"env": [
-        {"name": "PATH", "value": "/custom"},
-        {"name": "SPACELIFT_RUN_STAGE", "value": "x"},
-    ]}}})));
+    let mut timed = run();
+    timed.run_timeout_seconds = Some(60);
+    let pool = pool(json!({"pod": {"workerContainer": {"env": [
+        {"name": "SPACELIFT_LAUNCHER_RUN_TIMEOUT", "value": "90s"},
+        {"name": "TF_LOG", "value": "debug"},
+    ]}}}));
+    let pod = build_pod(&pool, &worker(), &timed).unwrap_or_else(|e| panic!("{e}"));
     let worker = container(&pod, "worker");
     let all: &Vec<EnvVar> = worker.env.as_ref().unwrap();
     let mut seen: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
@@ -616,5 +746,69 @@ fn the_builder_never_emits_duplicate_env_names() {
     let before = seen.len();
     seen.dedup();
     assert_eq!(seen.len(), before);
-    assert_eq!(env(worker, "PATH"), ["/custom"]);
+    assert_eq!(env(worker, "SPACELIFT_LAUNCHER_RUN_TIMEOUT"), ["90s"]);
+}
+
+#[test]
+fn a_pool_may_not_take_the_operators_mounts_environment_or_key() {
+    let cases = [
+        (
+            json!({"workerContainer": {"volumeMounts": [{"name": "x", "mountPath": "/opt/spacelift/workspace"}]}}),
+            "spec.pod.workerContainer.volumeMounts[0].mountPath: \"/opt/spacelift/workspace\" is at or under /opt/spacelift/workspace, where the operator mounts the run's workspace in every run Pod: mount the volume outside /opt/spacelift/workspace, /opt/spacelift/binaries, /opt/spacelift/binaries_cache and /opt/spacelift/identity (spec.pod.workspaceVolume and spec.pod.binariesCacheVolume choose the storage of the first two)",
+        ),
+        (
+            json!({"initContainer": {"volumeMounts": [{"name": "x", "mountPath": "/opt/spacelift/identity/worker.key", "subPath": "k"}]}}),
+            "spec.pod.initContainer.volumeMounts[0].mountPath: \"/opt/spacelift/identity/worker.key\" is at or under /opt/spacelift/identity, where the operator mounts the worker's key and the pool token in every run Pod: mount the volume outside /opt/spacelift/workspace, /opt/spacelift/binaries, /opt/spacelift/binaries_cache and /opt/spacelift/identity (spec.pod.workspaceVolume and spec.pod.binariesCacheVolume choose the storage of the first two)",
+        ),
+        (
+            json!({"grpcServerContainer": {"volumeMounts": [{"name": "x", "mountPath": "/opt/spacelift//binaries/"}]}}),
+            "spec.pod.grpcServerContainer.volumeMounts[0].mountPath: \"/opt/spacelift//binaries/\" is at or under /opt/spacelift/binaries, where the operator mounts the run's binaries in every run Pod: mount the volume outside /opt/spacelift/workspace, /opt/spacelift/binaries, /opt/spacelift/binaries_cache and /opt/spacelift/identity (spec.pod.workspaceVolume and spec.pod.binariesCacheVolume choose the storage of the first two)",
+        ),
+        (
+            json!({"workerContainer": {"volumeMounts": [{"name": "launcher-identity", "mountPath": "/keys"}]}}),
+            "spec.pod.workerContainer.volumeMounts[0].name: the volume \"launcher-identity\" holds the worker's private key, which only the operator's init and launcher-grpc containers mount: remove this mount",
+        ),
+        (
+            json!({"additionalSidecarContainers": [{"name": "thief", "image": "busybox", "volumeMounts": [{"name": "launcher-identity", "mountPath": "/k"}]}]}),
+            "spec.pod.additionalSidecarContainers[0].volumeMounts[0].name: the volume \"launcher-identity\" holds the worker's private key, which only the operator's init and launcher-grpc containers mount: remove this mount",
+        ),
+        (
+            json!({"workerContainer": {"env": [{"name": "TF_LOG", "value": "1"}, {"name": "SPACELIFT_WORKER_ULID", "value": "01HPS6K4BNB7BPHCDHDWFAMJNW"}]}}),
+            "spec.pod.workerContainer.env[1]: SPACELIFT_WORKER_ULID is set by the operator in every run Pod (the worker's identity): remove it from the WorkerPool",
+        ),
+        (
+            json!({"initContainer": {"env": [{"name": "SPACELIFT_LAUNCHER_ENDPOINT", "value": "https://evil.example.com"}]}}),
+            "spec.pod.initContainer.env[0]: SPACELIFT_LAUNCHER_ENDPOINT is set by the operator in every run Pod (where the backend sends the launcher): remove it from the WorkerPool",
+        ),
+        (
+            json!({"workerContainer": {"env": [{"name": "PATH", "value": "/custom"}]}}),
+            "spec.pod.workerContainer.env[0]: PATH is set by the operator in every run Pod (the PATH): remove it from the WorkerPool; spec.pod.customBinariesPath puts directories in front of the run's PATH",
+        ),
+        (
+            json!({"additionalSidecarContainers": [{"name": "Redis_1", "image": "redis"}]}),
+            "spec.pod.additionalSidecarContainers[0].name: \"Redis_1\" is not a valid container name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit): rename it",
+        ),
+        (
+            json!({"volumes": [{"name": "a".repeat(64), "emptyDir": {}}]}),
+            &format!(
+                "spec.pod.volumes[0].name: \"{}\" is not a valid volume name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit): rename it",
+                "a".repeat(64)
+            ),
+        ),
+    ];
+    for (template, want) in cases {
+        let err = build_pod(&pool(json!({"pod": template})), &worker(), &run()).unwrap_err();
+        assert_eq!(err.to_string(), want);
+    }
+    // What stays allowed: mounts beside the built-in paths, the seed's launcher settings, and
+    // a sidecar that reads the workspace.
+    build(&pool(json!({"pod": {
+        "initContainer": {
+            "volumeMounts": [{"name": "p", "mountPath": "/opt/spacelift/policies/initialization"}],
+            "env": [{"name": "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY", "value": "/x"}],
+        },
+        "volumes": [{"name": "p", "configMap": {"name": "p"}}],
+        "additionalSidecarContainers": [{"name": "reader", "image": "busybox",
+            "volumeMounts": [{"name": "workspace", "mountPath": "/opt/spacelift/workspace"}]}],
+    }})));
 }

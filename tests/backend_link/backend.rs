@@ -3,165 +3,15 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use ulid::Ulid;
 use workerpool_operator::backend::client;
-use workerpool_operator::backend::serve::{ServeOptions, Server};
-use workerpool_operator::backend::state::StateDir;
 use workerpool_operator::backend::store::SubmitRun;
-use workerpool_operator::credentials::{Credentials, decode_credentials};
-use workerpool_operator::link::{Inbound, PoolLink};
-use workerpool_operator::protocol::{
-    Body, Message, Outcome, PodCreated, RunFinished, RunRef, RunSchedule, WorkerRegister,
-    WorkerState, WorkerStatus,
-};
+use workerpool_operator::credentials::decode_credentials;
+use workerpool_operator::protocol::{Body, Outcome, RunRef, WorkerStatus};
 
 use crate::broker::{Broker, backend_binary};
-use crate::{fast_options, new_pool, next};
-
-const WAIT: Duration = Duration::from_secs(15);
-
-async fn start_backend(broker: &Broker) -> Server {
-    workerpool_operator::backend::install_crypto_provider();
-    let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        tick: Duration::from_millis(200),
-        link: fast_options(),
-        ..ServeOptions::default()
-    };
-    Server::start(&StateDir::new(&broker.state_dir), options)
-        .await
-        .expect("backend starts")
-}
-
-fn cli(broker: &Broker, args: &[&str]) -> String {
-    let output = Command::new(backend_binary())
-        .arg("--state-dir")
-        .arg(&broker.state_dir)
-        .args(args)
-        .output()
-        .expect("run workerpool-backend");
-    assert!(
-        output.status.success(),
-        "workerpool-backend {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Stands in for the operator: one worker, driven by hand.
-struct FakeWorker {
-    id: Ulid,
-    link: PoolLink,
-    inbound: mpsc::Receiver<Inbound>,
-}
-
-impl FakeWorker {
-    async fn register(pool: &Credentials) -> Self {
-        let (link, inbound) = PoolLink::connect(pool, fast_options()).expect("connect");
-        link.wait_connected(WAIT).await.expect("connected");
-        let mut worker = Self {
-            id: Ulid::generate(),
-            link,
-            inbound,
-        };
-        worker
-            .send(Body::WorkerRegister(WorkerRegister {
-                name: format!("pool-{}", Ulid::generate().to_string().to_lowercase()),
-                public_key: "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n".into(),
-                metadata: Default::default(),
-            }))
-            .await;
-        let registered = worker.next().await;
-        assert!(matches!(registered.message.body, Body::WorkerRegistered(_)));
-        registered.ack().await.expect("ack");
-        worker.state(WorkerStatus::Idle, None).await;
-        worker
-    }
-
-    async fn send(&self, body: Body) {
-        self.link
-            .publish(&Message::for_worker(self.id, body))
-            .await
-            .expect("publish");
-    }
-
-    async fn state(&self, state: WorkerStatus, run: Option<RunRef>) {
-        self.send(Body::WorkerState(WorkerState {
-            state,
-            current_run: run,
-        }))
-        .await;
-    }
-
-    /// The next message for this worker (pool-level status messages are acknowledged and
-    /// skipped).
-    async fn next(&mut self) -> Inbound {
-        loop {
-            let delivery = next(&mut self.inbound, WAIT)
-                .await
-                .expect("a message for the worker");
-            if matches!(delivery.message.body, Body::PoolStatus(_)) {
-                delivery.ack().await.expect("ack");
-                continue;
-            }
-            return delivery;
-        }
-    }
-
-    async fn next_schedule(&mut self) -> (Inbound, RunSchedule) {
-        let delivery = self.next().await;
-        let Body::RunSchedule(schedule) = delivery.message.body.clone() else {
-            panic!("expected a schedule, got {:?}", delivery.message.body);
-        };
-        (delivery, schedule)
-    }
-
-    /// Accept, create the Pod, finish with `outcome`, go back to IDLE.
-    async fn run_to_end(&self, schedule: &RunSchedule, outcome: Outcome) {
-        let run = RunRef::new(&schedule.run_id, &schedule.stage, schedule.attempt);
-        self.send(Body::RunAccepted(run.clone())).await;
-        self.state(WorkerStatus::Busy, Some(run.clone())).await;
-        self.send(Body::PodCreated(PodCreated {
-            run_id: run.run_id.clone(),
-            stage: run.stage.clone(),
-            attempt: run.attempt,
-            namespace: "default".into(),
-            pod_name: run.pod_name(),
-        }))
-        .await;
-        self.send(Body::RunFinished(RunFinished {
-            run_id: run.run_id.clone(),
-            stage: run.stage.clone(),
-            attempt: run.attempt,
-            outcome,
-            cause: None,
-            message: String::new(),
-            exit_code: Some(0),
-        }))
-        .await;
-        self.state(WorkerStatus::Idle, None).await;
-    }
-}
-
-async fn wait_for_run_state(base: &str, run_id: &str, state: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let runs = client::list_runs(base, None).await.expect("list runs");
-        let current = runs
-            .iter()
-            .find(|r| r.id == run_id)
-            .map(|r| r.state.clone());
-        if current.as_deref() == Some(state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {run_id} is {current:?}, not {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::harness::{FakeWorker, cli, start_backend, wait_for_run_state};
+use crate::{new_pool, next};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_queue_survives_its_own_restart_with_nothing_lost() {
@@ -285,7 +135,10 @@ async fn the_backend_queue_survives_its_own_restart_with_nothing_lost() {
     wait_for_run_state(&base, &submitted[2], "succeeded").await;
     while let Some(extra) = next(&mut worker.inbound, Duration::from_secs(2)).await {
         assert!(
-            matches!(extra.message.body, Body::PoolStatus(_)),
+            matches!(
+                extra.message.body,
+                Body::PoolStatus(_) | Body::PoolDemand(_)
+            ),
             "nothing delivered twice: {:?}",
             extra.message.body
         );

@@ -5,8 +5,9 @@ use ulid::Ulid;
 
 use super::{Store, db, enqueue, event, now, run_state, set_run_state};
 use crate::backend::BackendError;
+use crate::backend::stages::{self, Next};
 use crate::protocol::{
-    Body, FailureCause, Message, Outcome, RunRef, RunSchedule, RunStop, WorkerDeregistered,
+    Body, FailureCause, Message, RunRef, RunSchedule, RunStop, WorkerDeregistered,
     WorkerRegistered, WorkerStatus,
 };
 
@@ -26,6 +27,8 @@ struct RunRow {
     worker_id: Option<String>,
     stage: String,
     attempt: u32,
+    kind: Option<String>,
+    has_workspace: bool,
 }
 
 impl Store {
@@ -60,8 +63,9 @@ impl Store {
     }
 
     /// Assigns queued runs, oldest first, to registered IDLE workers that hold no run, and
-    /// queues their schedules. Returns how many runs were dispatched.
-    pub fn dispatch(&self) -> Result<usize, BackendError> {
+    /// queues their schedules, which name `launcher_endpoint` when the launcher API is on.
+    /// Returns how many runs were dispatched.
+    pub fn dispatch(&self, launcher_endpoint: Option<&str>) -> Result<usize, BackendError> {
         self.with(|conn| {
             let tx = conn.transaction().map_err(db)?;
             let queued: Vec<(String, String)> = {
@@ -90,7 +94,8 @@ impl Store {
                     .optional()
                     .map_err(db)?;
                 let Some(worker_id) = worker else { continue };
-                let schedule = load_schedule(&tx, &run_id)?;
+                let mut schedule = load_schedule(&tx, &run_id)?;
+                schedule.launcher_endpoint = launcher_endpoint.map(str::to_string);
                 let (Ok(pool), Ok(worker)) =
                     (Ulid::from_string(&pool_id), Ulid::from_string(&worker_id))
                 else {
@@ -138,6 +143,7 @@ fn load_schedule(tx: &Transaction<'_>, run_id: &str) -> Result<RunSchedule, Back
                 attempt: r.get(1)?,
                 runner_image: r.get(2)?,
                 launcher_image: r.get(3)?,
+                launcher_endpoint: None,
                 run_timeout_seconds: timeout.and_then(|t| u64::try_from(t).ok()),
                 logs_timeout_seconds: None,
                 metadata: serde_json::from_str(&metadata).unwrap_or_default(),
@@ -153,7 +159,8 @@ fn load_run(
     run_id: &str,
 ) -> Result<Option<RunRow>, BackendError> {
     tx.query_row(
-        "SELECT state, worker_id, stage, attempt FROM runs WHERE id = ?1 AND pool_id = ?2",
+        "SELECT state, worker_id, stage, attempt, kind, workspace_sha256 IS NOT NULL
+         FROM runs WHERE id = ?1 AND pool_id = ?2",
         params![run_id, pool_id],
         |r| {
             Ok(RunRow {
@@ -161,6 +168,8 @@ fn load_run(
                 worker_id: r.get(1)?,
                 stage: r.get(2)?,
                 attempt: r.get(3)?,
+                kind: r.get(4)?,
+                has_workspace: r.get(5)?,
             })
         },
     )
@@ -319,13 +328,29 @@ fn apply(tx: &Transaction<'_>, pool: Ulid, message: &Message) -> Result<(), Back
                     )?;
                 }
                 Body::RunFinished(finished) => {
-                    let state = match finished.outcome {
-                        Outcome::Succeeded => run_state::SUCCEEDED,
-                        Outcome::Failed => run_state::FAILED,
-                        Outcome::Stopped => run_state::STOPPED,
-                    };
-                    let cause = finished.cause.map(cause_name);
-                    set_run_state(tx, &run.run_id, state, cause.as_deref(), &finished.message)?;
+                    let row = row.as_ref().ok_or_else(|| {
+                        BackendError::Store(format!("run {} vanished", run.run_id))
+                    })?;
+                    let kind = row.kind.as_deref().and_then(stages::kind_from_name);
+                    match stages::after_stage(kind, &row.stage, finished.outcome, row.has_workspace)
+                    {
+                        Next::AwaitConfirmation => set_run_state(
+                            tx,
+                            &run.run_id,
+                            run_state::UNCONFIRMED,
+                            None,
+                            "planned: confirm the run to apply the plan",
+                        )?,
+                        Next::End {
+                            state,
+                            cause,
+                            message,
+                        } => {
+                            let cause = finished.cause.map(cause_name).or(cause.map(String::from));
+                            let message = message.unwrap_or_else(|| finished.message.clone());
+                            set_run_state(tx, &run.run_id, state, cause.as_deref(), &message)?;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -339,7 +364,8 @@ fn apply(tx: &Transaction<'_>, pool: Ulid, message: &Message) -> Result<(), Back
         Body::WorkerRegistered(_)
         | Body::WorkerDeregistered(_)
         | Body::RunSchedule(_)
-        | Body::RunStop(_) => {
+        | Body::RunStop(_)
+        | Body::PoolDemand(_) => {
             event(
                 tx,
                 Some(&pool_id),

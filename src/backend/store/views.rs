@@ -9,6 +9,8 @@ use crate::protocol::Message;
 
 /// Run states; the last four are final.
 pub mod run_state {
+    /// A tracked stack run planned and waits for `run confirm` (no worker holds it).
+    pub const UNCONFIRMED: &str = "unconfirmed";
     /// Waiting for an IDLE worker.
     pub const QUEUED: &str = "queued";
     /// Assigned to a worker; the schedule is in the outbox or on its way.
@@ -109,8 +111,33 @@ pub struct RunView {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// The stack, for a stack run (`run trigger`); none for a bare run (`run submit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// `tracked` or `proposed`, for a stack run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The source the run started with (a snapshot of the stack's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
+    /// The workspace planning uploaded, which applying starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_sha256: Option<String>,
+    /// Whether someone asked the run to stop (the launcher reads it from `GET .../stop`).
+    #[serde(default)]
+    pub stop_requested: bool,
     /// Every event of this run, oldest first.
     pub events: Vec<EventView>,
+}
+
+/// `POST /api/stacks/{name}/runs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerRun {
+    /// A proposed run only plans; a tracked one (the default) plans, waits for confirmation
+    /// and applies.
+    #[serde(default)]
+    pub proposed: bool,
 }
 
 /// `POST /api/runs`.
@@ -145,6 +172,8 @@ pub struct PoolGauges {
     pub name: String,
     /// Queued runs.
     pub pending: i64,
+    /// Runs that wait on a person: tracked runs whose plan awaits confirmation.
+    pub awaiting_confirmation: i64,
     /// Registered workers.
     pub workers: i64,
     /// Registered workers with a run (or reporting BUSY/DRAINING).

@@ -1,16 +1,18 @@
 //! `workerpool-backend`: the reference backend (see `workerpool_operator::backend`).
 
+mod runs;
+mod stacks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use workerpool_operator::backend::broker_config::{BrokerConfigRequest, write_broker_config};
+use workerpool_operator::backend::install_crypto_provider;
 use workerpool_operator::backend::pool::{PoolRequest, create_pool, write_pool_files};
 use workerpool_operator::backend::serve::{DEFAULT_LAUNCHER_IMAGE, ServeOptions, Server};
 use workerpool_operator::backend::state::{DEFAULT_STATE_DIR, StateDir};
-use workerpool_operator::backend::store::SubmitRun;
-use workerpool_operator::backend::{client, install_crypto_provider};
 
 /// The reference backend of workerpool-operator: issues pool credentials, configures the
 /// broker, queues and dispatches runs over MQTT, and records their outcomes.
@@ -74,20 +76,50 @@ enum Command {
         /// Launcher image for runs that do not name one.
         #[arg(long, default_value = DEFAULT_LAUNCHER_IMAGE)]
         launcher_image: String,
+        /// Where the launcher API listens (HTTPS, for the run Pods); off when not given.
+        #[arg(long, env = "WORKERPOOL_BACKEND_LAUNCHER_LISTEN")]
+        launcher_listen: Option<SocketAddr>,
+        /// The launcher API's URL that schedules carry (https://host[:port]), as run Pods
+        /// reach it. Default: https://<launcher-listen>.
+        #[arg(
+            long,
+            env = "WORKERPOOL_BACKEND_LAUNCHER_URL",
+            requires = "launcher_listen"
+        )]
+        launcher_url: Option<String>,
     },
     /// Runs, through the HTTP API of a running `serve`.
     Run {
-        /// The API of `serve`.
-        #[arg(
-            long,
-            global = true,
-            env = "WORKERPOOL_BACKEND_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        backend_url: String,
+        #[command(flatten)]
+        api: Api,
         #[command(subcommand)]
-        command: RunCommand,
+        command: runs::RunCommand,
     },
+    /// Stacks, through the HTTP API of a running `serve`.
+    Stack {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: stacks::StackCommand,
+    },
+    /// Tool binaries, in the state directory.
+    Tool {
+        #[command(subcommand)]
+        command: stacks::ToolCommand,
+    },
+}
+
+/// Where the commands that go through the HTTP API find it.
+#[derive(clap::Args)]
+struct Api {
+    /// The API of `serve`.
+    #[arg(
+        long,
+        global = true,
+        env = "WORKERPOOL_BACKEND_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    backend_url: String,
 }
 
 #[derive(Subcommand)]
@@ -113,51 +145,6 @@ enum PoolCommand {
     },
     /// List pools.
     List,
-}
-
-#[derive(Subcommand)]
-enum RunCommand {
-    /// Queue a run.
-    Submit {
-        /// Pool name or ULID.
-        #[arg(long)]
-        pool: String,
-        /// Runner image.
-        #[arg(long)]
-        image: Option<String>,
-        /// Stage.
-        #[arg(long, default_value = "preparing")]
-        stage: String,
-        /// Launcher image (default: the backend's).
-        #[arg(long)]
-        launcher_image: Option<String>,
-        /// Run timeout in seconds.
-        #[arg(long)]
-        timeout_seconds: Option<u64>,
-        /// Run metadata passed to the worker (and its hooks), as KEY=VALUE; repeatable.
-        #[arg(long = "metadata", value_parser = key_value)]
-        metadata: Vec<(String, String)>,
-    },
-    /// List runs, newest first.
-    List {
-        /// Only this pool (name or ULID).
-        #[arg(long)]
-        pool: Option<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Stop a run.
-    Stop {
-        /// Run ULID.
-        id: String,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[tokio::main]
@@ -206,25 +193,31 @@ async fn main() -> anyhow::Result<()> {
             allow_insecure_mqtt,
             mqtt_max_payload_bytes,
             launcher_image,
+            launcher_listen,
+            launcher_url,
         } => {
             let mut options = ServeOptions {
                 listen,
                 broker_url,
                 allow_insecure: allow_insecure_mqtt,
                 launcher_image,
+                launcher_listen,
+                launcher_url,
                 ..ServeOptions::default()
             };
             options.link.max_payload = mqtt_max_payload_bytes;
             let server = Server::start(&state, options).await?;
             eprintln!("serving the API on http://{}", server.addr);
+            if let (Some(addr), Some(url)) = (server.launcher_addr, &server.launcher_url) {
+                eprintln!("serving the launcher API on https://{addr} (schedules name {url})");
+            }
             shutdown_signal().await;
             server.shutdown().await;
             Ok(())
         }
-        Command::Run {
-            backend_url,
-            command,
-        } => run(&backend_url, command).await,
+        Command::Run { api, command } => runs::run(&api.backend_url, command).await,
+        Command::Stack { api, command } => stacks::stack(&api.backend_url, command).await,
+        Command::Tool { command } => stacks::tool(&state, command),
     }
 }
 
@@ -286,61 +279,7 @@ fn pool(state: &StateDir, command: PoolCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn run(backend_url: &str, command: RunCommand) -> anyhow::Result<()> {
-    match command {
-        RunCommand::Submit {
-            pool,
-            image,
-            stage,
-            launcher_image,
-            timeout_seconds,
-            metadata,
-        } => {
-            let request = SubmitRun {
-                pool,
-                runner_image: image,
-                stage: Some(stage),
-                launcher_image,
-                run_timeout_seconds: timeout_seconds,
-                metadata: metadata.into_iter().collect(),
-            };
-            let run = client::submit_run(backend_url, &request).await?;
-            println!("{}", run.id);
-            Ok(())
-        }
-        RunCommand::List { pool, output } => {
-            let runs = client::list_runs(backend_url, pool.as_deref()).await?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
-                Output::Table => {
-                    println!(
-                        "{:<28} {:<12} {:<11} {:<28} {:<18} CREATED",
-                        "RUN ID", "STAGE", "STATE", "WORKER", "CAUSE"
-                    );
-                    for run in runs {
-                        println!(
-                            "{:<28} {:<12} {:<11} {:<28} {:<18} {}",
-                            run.id,
-                            run.stage,
-                            run.state,
-                            run.worker_id.unwrap_or_default(),
-                            run.cause.unwrap_or_default(),
-                            run.created_at
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
-        RunCommand::Stop { id } => {
-            let run = client::stop_run(backend_url, &id).await?;
-            println!("{} {}", run.id, run.state);
-            Ok(())
-        }
-    }
-}
-
-fn key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),
