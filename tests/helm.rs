@@ -14,6 +14,8 @@ mod chart;
 mod cluster;
 #[path = "helm/crds.rs"]
 mod crds;
+#[path = "helm/guard_values.rs"]
+mod guard_values;
 #[path = "helm/hook_values.rs"]
 mod hook_values;
 #[path = "helm/operator.rs"]

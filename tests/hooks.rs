@@ -3,9 +3,13 @@
 //! text a user sees, the hook metrics it moves (exactly, read as Prometheus scrapes them),
 //! and that the next good run is unaffected.
 
+mod support;
+
 #[path = "hooks/support.rs"]
 mod hooks_support;
 
+#[path = "hooks/bounds.rs"]
+mod bounds;
 #[path = "hooks/examples.rs"]
 mod examples;
 #[path = "hooks/hostile.rs"]

@@ -25,12 +25,11 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::host::HostLimits;
 use super::spec::{PluginSpec, PolicySpec};
+use crate::manifest;
 
 /// The parsed configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -44,135 +43,7 @@ pub struct HookConfig {
     pub limits: ConfigLimits,
 }
 
-/// Defaults for every hook, and the most a pool plugin may ask for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigLimits {
-    /// Default deadline of a plugin call; a plugin's `timeoutMillis` overrides it.
-    #[serde(default = "default_timeout")]
-    pub plugin_timeout_millis: u32,
-    /// Default memory cap of a plugin call; a plugin's `memoryLimitMib` overrides it.
-    #[serde(default = "default_memory")]
-    pub plugin_memory_limit_mib: u32,
-    /// The longest `timeoutMillis` a pool plugin may ask for. Cluster plugins are not capped:
-    /// the administrator who sets this also writes them.
-    #[serde(default = "default_max_timeout")]
-    pub max_plugin_timeout_millis: u32,
-    /// The largest `memoryLimitMib` a pool plugin may ask for. A call's memory is the
-    /// operator's own: the chart's operator Pod has 128 MiB in all, so one 64 MiB call leaves
-    /// the operator about half of it, and a pool author cannot ask for the rest.
-    #[serde(default = "default_memory")]
-    pub max_plugin_memory_limit_mib: u32,
-    /// Largest output a plugin may return.
-    #[serde(default = "default_output")]
-    pub max_output_bytes: u32,
-    /// Time limit of one Rego evaluation.
-    #[serde(default = "default_timeout")]
-    pub policy_timeout_millis: u32,
-}
-
-fn default_timeout() -> u32 {
-    100
-}
-fn default_memory() -> u32 {
-    64
-}
-/// Ten times the default: room for a slow plugin, while a pool of 16 plugins still cannot hold
-/// a run for more than 16 s.
-fn default_max_timeout() -> u32 {
-    1000
-}
-fn default_output() -> u32 {
-    1 << 20
-}
-
-impl Default for ConfigLimits {
-    fn default() -> Self {
-        Self {
-            plugin_timeout_millis: default_timeout(),
-            plugin_memory_limit_mib: default_memory(),
-            max_plugin_timeout_millis: default_max_timeout(),
-            max_plugin_memory_limit_mib: default_memory(),
-            max_output_bytes: default_output(),
-            policy_timeout_millis: default_timeout(),
-        }
-    }
-}
-
-impl ConfigLimits {
-    /// The WASM host's limits for this configuration.
-    pub fn host_limits(&self) -> HostLimits {
-        HostLimits {
-            timeout: Duration::from_millis(u64::from(self.plugin_timeout_millis)),
-            memory_limit_bytes: (self.plugin_memory_limit_mib as usize) << 20,
-            max_output_bytes: self.max_output_bytes as usize,
-            ..HostLimits::default()
-        }
-    }
-
-    pub fn policy_timeout(&self) -> Duration {
-        Duration::from_millis(u64::from(self.policy_timeout_millis))
-    }
-
-    /// The most a pool plugin may ask for.
-    pub fn pool_plugin_caps(&self) -> PoolPluginCaps {
-        PoolPluginCaps {
-            timeout_millis: self.max_plugin_timeout_millis,
-            memory_limit_mib: self.max_plugin_memory_limit_mib,
-        }
-    }
-}
-
-/// The most a pool plugin (a WorkerPool's `spec.plugins`, written by whoever may edit the
-/// pool) may ask for with `timeoutMillis` and `memoryLimitMib`: its calls run inside the
-/// operator, so one greedy pool could otherwise take the operator down for every pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolPluginCaps {
-    pub timeout_millis: u32,
-    pub memory_limit_mib: u32,
-}
-
-impl Default for PoolPluginCaps {
-    fn default() -> Self {
-        ConfigLimits::default().pool_plugin_caps()
-    }
-}
-
-impl PoolPluginCaps {
-    /// Refuses `spec`, the pool plugin at `field` (e.g. `spec.plugins[0]`), when it asks for
-    /// more than the caps: the message names the field, the cap and where the cap is set.
-    pub fn check(&self, field: &str, spec: &PluginSpec) -> Result<(), String> {
-        let over = |name: &str, asked: u32, cap: u32, unit: &str, setting: &str| {
-            format!(
-                "{field}.{name}: {asked} {unit} is more than a pool plugin may ask for (at most \
-                 {cap} {unit}, set by the operator's administrator as {setting} in its hook \
-                 configuration, Helm value hooks.{setting})"
-            )
-        };
-        if let Some(asked) = spec.timeout_millis.filter(|&ms| ms > self.timeout_millis) {
-            return Err(over(
-                "timeoutMillis",
-                asked,
-                self.timeout_millis,
-                "ms",
-                "limits.maxPluginTimeoutMillis",
-            ));
-        }
-        if let Some(asked) = spec
-            .memory_limit_mib
-            .filter(|&mib| mib > self.memory_limit_mib)
-        {
-            return Err(over(
-                "memoryLimitMib",
-                asked,
-                self.memory_limit_mib,
-                "MiB",
-                "limits.maxPluginMemoryLimitMib",
-            ));
-        }
-        Ok(())
-    }
-}
+pub use super::limits::{ConfigLimits, PoolPluginCaps};
 
 /// Why the configuration file cannot be used. Names the file, the field and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -215,11 +86,7 @@ impl HookConfig {
             };
             ConfigError::Parse {
                 origin: origin.to_string(),
-                path: if path == "." {
-                    "(top level)".into()
-                } else {
-                    path
-                },
+                path: manifest::named_path(path),
                 message,
             }
         })?;
@@ -274,54 +141,9 @@ impl HookConfig {
                 ));
             }
         }
-        let limits = &self.limits;
-        for (field, value) in [
-            ("limits.pluginTimeoutMillis", limits.plugin_timeout_millis),
-            (
-                "limits.pluginMemoryLimitMib",
-                limits.plugin_memory_limit_mib,
-            ),
-            (
-                "limits.maxPluginTimeoutMillis",
-                limits.max_plugin_timeout_millis,
-            ),
-            (
-                "limits.maxPluginMemoryLimitMib",
-                limits.max_plugin_memory_limit_mib,
-            ),
-            ("limits.maxOutputBytes", limits.max_output_bytes),
-            ("limits.policyTimeoutMillis", limits.policy_timeout_millis),
-        ] {
-            if value == 0 {
-                return Err(invalid(field.into(), "must be greater than 0".into()));
-            }
-        }
-        // The default applies to pool plugins that ask for nothing, so it must be within the cap.
-        for (field, default, cap_field, cap) in [
-            (
-                "limits.pluginTimeoutMillis",
-                limits.plugin_timeout_millis,
-                "limits.maxPluginTimeoutMillis",
-                limits.max_plugin_timeout_millis,
-            ),
-            (
-                "limits.pluginMemoryLimitMib",
-                limits.plugin_memory_limit_mib,
-                "limits.maxPluginMemoryLimitMib",
-                limits.max_plugin_memory_limit_mib,
-            ),
-        ] {
-            if default > cap {
-                return Err(invalid(
-                    field.into(),
-                    format!(
-                        "{default} is more than {cap_field} ({cap}), the most a pool plugin may \
-                         ask for, and pool plugins that ask for nothing get it: raise \
-                         {cap_field} too, or lower {field}"
-                    ),
-                ));
-            }
-        }
+        self.limits
+            .check()
+            .map_err(|(field, message)| invalid(field, message))?;
         Ok(())
     }
 }
@@ -347,6 +169,8 @@ impl PolicySpec {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::hooks::FailurePolicy;
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, OptLevel, ValType};
 
+use super::compile::{CompileQueue, CompileWait};
 use super::wasi::{self, CallState};
 
 /// Limits that apply to every plugin unless its spec overrides them.
@@ -28,6 +30,10 @@ pub struct HostLimits {
     pub max_output_bytes: usize,
     /// Largest module accepted (after gzip decompression).
     pub max_module_bytes: usize,
+    /// How long one compile may take (waiting for a compile slot included).
+    pub compile_timeout: Duration,
+    /// Compiles at once in the process (one core each).
+    pub max_concurrent_compiles: usize,
     /// How much of the plugin's stdout and stderr is kept (each); the rest is dropped.
     pub max_stdio_bytes: usize,
     /// Epoch tick: the granularity of deadlines. A call overruns its deadline by at most this.
@@ -40,7 +46,9 @@ impl Default for HostLimits {
             timeout: Duration::from_millis(100),
             memory_limit_bytes: 64 << 20,
             max_output_bytes: 1 << 20,
-            max_module_bytes: 64 << 20,
+            max_module_bytes: 16 << 20,
+            compile_timeout: Duration::from_secs(60),
+            max_concurrent_compiles: 2,
             max_stdio_bytes: 16 << 10,
             epoch_tick: Duration::from_millis(2),
         }
@@ -95,8 +103,13 @@ impl CompileCache {
 /// Why a module could not be compiled or linked. The caller adds the plugin's name.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
-    #[error("the module is {size} bytes, more than the {limit} bytes a plugin may have")]
+    #[error(
+        "the module is {size} bytes, more than the {} MiB a plugin module may have (limits.maxModuleMib, Helm value hooks.limits.maxModuleMib): build a smaller module, or raise the limit",
+        limit >> 20
+    )]
     TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Slow(#[source] CompileWait),
     #[error("the module is not valid WebAssembly: {0}")]
     Compile(String),
     #[error(
@@ -186,6 +199,9 @@ pub struct WasmHost {
     linker: Linker<CallState>,
     limits: HostLimits,
     cache: Mutex<HashMap<Digest, Weak<CompiledModule>>>,
+    compiles: CompileQueue,
+    /// Modules this host has compiled (not found in its cache).
+    compiled: AtomicU64,
     ticker: Option<EpochTicker>,
 }
 
@@ -219,7 +235,10 @@ impl WasmHost {
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
             // Deep recursion in a plugin traps instead of exhausting the host thread's stack.
-            .max_wasm_stack(1 << 20);
+            .max_wasm_stack(1 << 20)
+            // One compile, one core: the compile queue's slots then bound the CPU compiles
+            // take, and a tenant's module never takes every core from the other pools' runs.
+            .parallel_compilation(false);
         if let Some(cache) = cache {
             let wasmtime_cache = wasmtime::Cache::new(cache.wasmtime_config())
                 .map_err(|e| HostError(format!("compile cache in {}: {e}", cache.dir.display())))?;
@@ -229,13 +248,21 @@ impl WasmHost {
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| HostError(e.to_string()))?;
         let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick);
+        let compiles = CompileQueue::new(limits.max_concurrent_compiles, limits.compile_timeout);
         Ok(Arc::new(Self {
             engine,
             linker,
+            compiles,
+            compiled: AtomicU64::new(0),
             limits,
             cache: Mutex::new(HashMap::new()),
             ticker: Some(ticker),
         }))
+    }
+
+    /// How many modules this host has compiled, valid or not (cache hits not counted).
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
     }
 
     pub fn limits(&self) -> &HostLimits {
@@ -257,26 +284,50 @@ impl WasmHost {
     /// Compiles `bytes` (or returns the cached module with the same digest) and checks that it
     /// imports only what the host provides and exports the plugin ABI.
     pub fn compile(&self, bytes: &[u8]) -> Result<Arc<CompiledModule>, ModuleError> {
+        self.compile_for("", bytes.to_vec())
+    }
+
+    /// [`WasmHost::compile`] for `scope` (a pool, or the cluster-wide hooks): through the
+    /// compile queue, at most one compile of a scope at a time, bounded in time. Takes the
+    /// bytes, which the compile thread owns until it ends.
+    pub fn compile_for(
+        &self,
+        scope: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<CompiledModule>, ModuleError> {
         if bytes.len() > self.limits.max_module_bytes {
             return Err(ModuleError::TooLarge {
                 size: bytes.len(),
                 limit: self.limits.max_module_bytes,
             });
         }
-        let digest = Digest::of(bytes);
-        // Compiling under the lock keeps two reloads of the same bytes from compiling twice;
-        // loads are rare and never on the run path.
+        let digest = Digest::of(&bytes);
+        if let Some(module) = self.cached(&digest) {
+            return Ok(module);
+        }
+        // Not under the cache's lock: a slow compile must not hold up every other load.
+        let started = Instant::now();
+        let engine = self.engine.clone();
+        let size = bytes.len();
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        let module = self
+            .compiles
+            .run(scope, move || Module::new(&engine, &bytes))
+            .map_err(ModuleError::Slow)?
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let compiled = Arc::new(self.link(module, digest, size, started)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(module) = cache.get(&digest).and_then(Weak::upgrade) {
             return Ok(module);
         }
-        let started = Instant::now();
-        let module =
-            Module::new(&self.engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        let compiled = Arc::new(self.link(module, digest, bytes.len(), started)?);
         cache.retain(|_, weak| weak.strong_count() > 0);
         cache.insert(digest, Arc::downgrade(&compiled));
         Ok(compiled)
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<Arc<CompiledModule>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(digest).and_then(Weak::upgrade)
     }
 
     fn link(

@@ -23,6 +23,8 @@ pub struct HookMetrics {
     pub timeouts: IntCounterVec,
     /// Loads (compile, validate settings, parse) that failed, by hook.
     pub load_failures: IntCounterVec,
+    /// Runs denied because they waited too long for an evaluation slot, by scope.
+    pub slot_timeouts: IntCounterVec,
     /// The label values used so far, by scope, so that a deleted pool's series can be removed
     /// ([`HookMetrics::forget_scope`]): prometheus cannot remove by a partial match.
     series: Arc<Mutex<HashMap<String, BTreeSet<Series>>>>,
@@ -36,6 +38,8 @@ enum Series {
     Error(String, String, String),
     /// `scope`, `hook`.
     Load(String),
+    /// `scope` alone.
+    Slot,
 }
 
 impl Default for HookMetrics {
@@ -84,6 +88,11 @@ impl HookMetrics {
                 "Total number of hook versions that failed to load",
                 &["scope", "hook"],
             ),
+            slot_timeouts: counter(
+                "slot_timeouts_total",
+                "Total number of runs denied because they waited too long for a hook evaluation slot",
+                &["scope"],
+            ),
             series: Arc::default(),
         }
     }
@@ -96,6 +105,7 @@ impl HookMetrics {
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.timeouts.clone()))?;
         registry.register(Box::new(metrics.load_failures.clone()))?;
+        registry.register(Box::new(metrics.slot_timeouts.clone()))?;
         Ok(metrics)
     }
 
@@ -134,6 +144,11 @@ impl HookMetrics {
         self.load_failures.with_label_values(&[scope, hook]).inc();
     }
 
+    pub(super) fn count_slot_timeout(&self, scope: &str) {
+        self.remember(scope, Series::Slot);
+        self.slot_timeouts.with_label_values(&[scope]).inc();
+    }
+
     /// Removes every series of `scope` (a deleted pool), so its label values do not pile up.
     pub fn forget_scope(&self, scope: &str) {
         let Some(series) = self.lock().remove(scope) else {
@@ -155,6 +170,9 @@ impl HookMetrics {
                 }
                 Series::Load(hook) => {
                     let _ = self.load_failures.remove_label_values(&[scope, &hook]);
+                }
+                Series::Slot => {
+                    let _ = self.slot_timeouts.remove_label_values(&[scope]);
                 }
             }
         }

@@ -10,7 +10,7 @@ use super::abi::ABI_MARKER;
 use super::host::{HostLimits, WasmHost};
 use super::pipeline::{Decision, Pipeline, PluginEntry, PolicyEntry};
 use super::plugin::Plugin;
-use super::rego::{Policy, RegoVersion};
+use super::rego::{Policy, PolicyEvaluator, RegoVersion};
 use super::source::gunzip_if_needed;
 use super::spec::PluginSpec;
 use super::trail::HookRecord;
@@ -85,7 +85,7 @@ pub fn pipeline(
     };
     for arg in plugins {
         let file = arg.path.display().to_string();
-        let bytes = gunzip_if_needed(read(&arg.path)?, host.limits().max_module_bytes).map_err(
+        let bytes = gunzip_if_needed(&read(&arg.path)?, host.limits().max_module_bytes).map_err(
             |message| OfflineError::File {
                 file: file.clone(),
                 message,
@@ -106,19 +106,29 @@ pub fn pipeline(
             .cluster_plugins
             .push(PluginEntry::Ready(Arc::new(plugin)));
     }
+    if pool_policy.is_none() && policies.is_empty() {
+        return Ok(pipeline);
+    }
+    // Policies run in a child of this binary (`render` is the operator's), as in the operator.
+    let evaluator =
+        PolicyEvaluator::of_this_program(super::config::ConfigLimits::default().policy_limits())
+            .map_err(|e| OfflineError::File {
+                file: "(policy evaluator)".into(),
+                message: e.to_string(),
+            })?;
     if let Some(path) = pool_policy {
-        pipeline.pool_policy = Some(PolicyEntry::Ready(compile_policy(path)?));
+        pipeline.pool_policy = Some(PolicyEntry::Ready(compile_policy(&evaluator, path)?));
     }
     for path in policies {
         pipeline
             .cluster_policies
-            .push(PolicyEntry::Ready(compile_policy(path)?));
+            .push(PolicyEntry::Ready(compile_policy(&evaluator, path)?));
     }
     Ok(pipeline)
 }
 
 /// A Rego file, compiled as the operator compiles a policy (either syntax).
-fn compile_policy(path: &Path) -> Result<Policy, OfflineError> {
+fn compile_policy(policies: &Arc<PolicyEvaluator>, path: &Path) -> Result<Policy, OfflineError> {
     let file = path.display().to_string();
     let text = String::from_utf8(read(path)?).map_err(|e| OfflineError::File {
         file: file.clone(),
@@ -128,17 +138,12 @@ fn compile_policy(path: &Path) -> Result<Policy, OfflineError> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    Policy::compile(
-        &name,
-        &file,
-        &text,
-        RegoVersion::Auto,
-        super::config::ConfigLimits::default().policy_timeout(),
-    )
-    .map_err(|e| OfflineError::File {
-        file,
-        message: e.to_string(),
-    })
+    policies
+        .compile(&name, &file, &text, RegoVersion::Auto)
+        .map_err(|e| OfflineError::File {
+            file,
+            message: e.to_string(),
+        })
 }
 
 /// The trail as aligned text, one hook a line, then `allowed` when the run may go on (a
@@ -214,7 +219,7 @@ pub fn check(
     let file = path.display().to_string();
     let host = WasmHost::new(HostLimits::default())?;
     let bytes =
-        gunzip_if_needed(read(path)?, host.limits().max_module_bytes).map_err(|message| {
+        gunzip_if_needed(&read(path)?, host.limits().max_module_bytes).map_err(|message| {
             OfflineError::File {
                 file: file.clone(),
                 message,

@@ -5,25 +5,22 @@
 //! blocking thread ([`Pipeline::evaluate_blocking`]); `render` calls [`Pipeline::evaluate`].
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::Semaphore;
 
+use super::guard_step::{self, GUARD_HOOK};
 use super::input::{ContextRef, HookInput, PodState, PolicyInput};
 use super::invariants::{self, set_worker_image, worker_image};
 use super::metrics::HookMetrics;
 use super::plugin::{EvalError, Plugin, Verdict};
 use super::registry::PendingHooks;
 use super::rego::Policy;
+use super::slots::{EvaluationSlots, SlotTimeout};
 use super::spec::FailurePolicy;
 use super::trail::{self, HookRecord, Outcome, Stage, TRAIL_ANNOTATION};
-
-/// How many pipelines evaluate at once in this process: one per core. With each plugin call
-/// capped at its `memoryLimitMib`, this also bounds the memory hooks take at a time.
-static EVALUATIONS: LazyLock<Semaphore> =
-    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+use crate::guard::RunPodGuard;
 
 /// A plugin as the pipeline sees it: ready, or unavailable (never loaded successfully).
 #[derive(Clone, Debug)]
@@ -74,6 +71,11 @@ pub struct Pipeline {
     /// Set when the hooks had not loaded when this pipeline was asked for: it then holds no
     /// hooks, and never allows a run by itself (fail closed).
     pub pending: Option<PendingHooks>,
+    /// The cluster admin's run-Pod guard, checked on the final Pod.
+    pub guard: Arc<RunPodGuard>,
+    /// The evaluation slots this pipeline takes one of ([`EvaluationSlots::process_default`]
+    /// when `None`).
+    pub slots: Option<Arc<EvaluationSlots>>,
 }
 
 /// The pipeline's answer.
@@ -126,6 +128,8 @@ impl fmt::Display for Denial {
 pub const INVARIANTS_HOOK: &str = "invariants";
 /// Hook name under which a run is denied because its hooks have not loaded.
 pub const NOT_LOADED_HOOK: &str = "hooks-not-loaded";
+/// Hook name under which a run is denied because it waited too long for an evaluation slot.
+pub const BUSY_HOOK: &str = "hooks-busy";
 
 enum Step {
     Continue,
@@ -187,7 +191,7 @@ impl Pipeline {
             (Stage::ClusterPolicy, self.cluster_policies.as_slice()),
         ];
         if policy_stages.iter().any(|(_, p)| !p.is_empty()) {
-            let input = serde_json::to_value(PolicyInput {
+            let input = serde_json::to_string(&PolicyInput {
                 pool: &pool,
                 worker: &worker,
                 run: &run,
@@ -222,6 +226,19 @@ impl Pipeline {
             self.count_denial(Stage::Invariants, INVARIANTS_HOOK);
             return deny(Stage::Invariants, INVARIANTS_HOOK, reasons, trail);
         }
+        let refusals = guard_step::refusals(
+            &self.guard,
+            &pool,
+            &run,
+            &original,
+            &state.pod,
+            &trail,
+            &state.allowed_runner_image_hosts,
+        );
+        if !refusals.is_empty() {
+            self.count_denial(Stage::Guard, GUARD_HOOK);
+            return deny(Stage::Guard, GUARD_HOOK, refusals, trail);
+        }
         trail.push(HookRecord {
             stage: Stage::Invariants,
             hook: INVARIANTS_HOOK.to_string(),
@@ -255,9 +272,16 @@ impl Pipeline {
                 Err(reason) => return self.not_loaded(&reason),
             },
         };
-        // Hooks are CPU-bound: more evaluations at once than cores would not finish sooner,
-        // and each may hold a plugin's memory cap, so their number is bounded.
-        let _slot = EVALUATIONS.acquire().await;
+        // Hooks are CPU-bound and each call may hold a plugin's memory cap, so evaluations
+        // at once are bounded, and a pool's share of them too (see `slots`).
+        let slots = pipeline
+            .slots
+            .clone()
+            .unwrap_or_else(EvaluationSlots::process_default);
+        let _slot = match slots.acquire(&pipeline.scope).await {
+            Ok(slot) => slot,
+            Err(timeout) => return pipeline.busy(&timeout),
+        };
         match tokio::task::spawn_blocking(move || pipeline.evaluate(input)).await {
             Ok(decision) => decision,
             Err(e) => deny(
@@ -374,7 +398,7 @@ impl Pipeline {
         &self,
         stage: Stage,
         entry: &PolicyEntry,
-        input: &serde_json::Value,
+        input: &str,
         trail: &mut Vec<HookRecord>,
     ) -> Step {
         let started = Instant::now();
@@ -445,6 +469,21 @@ impl Pipeline {
         )
     }
 
+    /// Denies a run that waited too long for an evaluation slot.
+    fn busy(&self, timeout: &SlotTimeout) -> Decision {
+        tracing::warn!(scope = %self.scope, error = %timeout, "a run waited too long for a hook evaluation slot");
+        if let Some(metrics) = &self.metrics {
+            metrics.count_slot_timeout(&self.scope);
+        }
+        self.count_denial(Stage::Invariants, BUSY_HOOK);
+        deny(
+            Stage::Invariants,
+            BUSY_HOOK,
+            vec![timeout.to_string()],
+            Vec::new(),
+        )
+    }
+
     fn count_denial(&self, stage: Stage, hook: &str) {
         if let Some(metrics) = &self.metrics {
             metrics.count_denial(&self.scope, stage.as_str(), hook);
@@ -463,11 +502,13 @@ fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A denial, its reasons capped in count and length (a hook's message may be a megabyte),
+/// so that logs, events and reports built from it stay small.
 fn deny(stage: Stage, hook: &str, reasons: Vec<String>, trail: Vec<HookRecord>) -> Decision {
     Decision::Denied(Denial {
         stage,
         hook: hook.to_string(),
-        reasons,
+        reasons: crate::protocol::limits::cap_messages(reasons),
         trail,
     })
 }

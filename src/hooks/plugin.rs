@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
 use super::abi::{self, ABI_VERSION, CallError, CallLimits, Entry};
+use super::compile::CompileWait;
 use super::host::{CompiledModule, Digest, ModuleError, WasmHost};
 use super::input::ContextRef;
 use super::spec::{FailurePolicy, PluginSpec};
@@ -83,6 +84,17 @@ pub enum LoadError {
     SettingsAnswer(String),
 }
 
+impl LoadError {
+    /// Whether loading the same bytes with the same settings would fail the same way: every
+    /// failure but a compile that found no free slot (tried again at the next reload).
+    pub fn is_lasting(&self) -> bool {
+        !matches!(
+            self,
+            LoadError::Module(ModuleError::Slow(CompileWait::Busy { .. }))
+        )
+    }
+}
+
 /// Why one evaluation failed (as opposed to denying).
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -121,7 +133,19 @@ impl Plugin {
         bytes: &[u8],
         spec: &PluginSpec,
     ) -> Result<Self, LoadError> {
-        let module = host.compile(bytes)?;
+        Self::load_for(host, "", name, bytes.to_vec(), spec)
+    }
+
+    /// [`Plugin::load`] for `scope` (a pool, or the cluster-wide hooks), whose compiles take
+    /// one compile slot at a time. Takes the bytes, so that a large module is never copied.
+    pub fn load_for(
+        host: &Arc<WasmHost>,
+        scope: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        spec: &PluginSpec,
+    ) -> Result<Self, LoadError> {
+        let module = host.compile_for(scope, bytes)?;
         let host_limits = host.limits();
         // A pool plugin's own values were checked against the operator's caps by the registry.
         let limits = CallLimits {

@@ -24,14 +24,16 @@ use super::host::{Digest, WasmHost};
 use super::metrics::HookMetrics;
 use super::pipeline::{Pipeline, PluginEntry, PolicyEntry};
 use super::plugin::Plugin;
-use super::rego::{Policy, RegoVersion};
+use super::rego::{PolicyEvaluator, RegoVersion};
 pub use super::report::{
     CONDITION_TYPE, HookKind, HooksCondition, LoadReport, LoadResult, LoadStatus,
     REASON_LOAD_FAILED, REASON_LOADED,
 };
+use super::slots::{EvaluationSlots, SlotLimits};
 pub use super::source::FetchedConfigMaps;
 use super::source::{self, SourceError};
 use super::spec::PluginSpec;
+use crate::guard::RunPodGuard;
 
 /// The `scope` of cluster-wide hooks.
 pub const CLUSTER_SCOPE: &str = "cluster";
@@ -47,6 +49,26 @@ struct PluginSlot {
     /// Digest of the module bytes and the spec the active plugin was loaded from.
     loaded_from: Option<(Digest, PluginSpec)>,
     error: Option<String>,
+    /// Digest of the module bytes and the spec whose load failed for a reason that does not
+    /// go away by itself (too large, not WebAssembly, a bad ABI, settings rejected): a reload
+    /// of the same bytes reports `error` again without decompressing or compiling anything.
+    failed_from: Option<(Digest, PluginSpec)>,
+}
+
+/// Why a plugin's load failed; `remember` is the digest of its bytes when trying them again
+/// would fail the same way.
+struct LoadFailure {
+    error: String,
+    remember: Option<Digest>,
+}
+
+impl From<String> for LoadFailure {
+    fn from(error: String) -> Self {
+        Self {
+            error,
+            remember: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +96,8 @@ struct PoolHooks {
 #[derive(Debug)]
 struct Loaded {
     metrics: Arc<HookMetrics>,
+    /// The evaluation slots every pipeline of this registry shares.
+    slots: Arc<EvaluationSlots>,
     /// `None` until a load of the cluster-wide hooks has completed.
     cluster: RwLock<Option<HookSet>>,
     /// The last cluster-wide load's report, for every pool's HooksReady condition.
@@ -84,6 +108,8 @@ struct Loaded {
     pools: RwLock<HashMap<String, PoolHooks>>,
     /// Bumped after every load, so that waiting pipelines look again.
     loads: watch::Sender<u64>,
+    /// The cluster admin's run-Pod guard, given to every pipeline.
+    guard: RwLock<Arc<RunPodGuard>>,
 }
 
 impl Loaded {
@@ -107,6 +133,8 @@ impl Loaded {
             scope: scope.to_string(),
             metrics: Some(self.metrics.clone()),
             pending: None,
+            guard: read(&self.guard).clone(),
+            slots: Some(self.slots.clone()),
         })
     }
 
@@ -163,7 +191,7 @@ impl PendingHooks {
 #[derive(Debug)]
 pub struct HookRegistry {
     host: Arc<WasmHost>,
-    policy_timeout: Duration,
+    policies: Arc<PolicyEvaluator>,
     pool_plugin_caps: PoolPluginCaps,
     load_wait: Duration,
     loaded: Arc<Loaded>,
@@ -201,19 +229,25 @@ pub fn pool_config_maps(pool: &crate::crd::WorkerPool) -> BTreeSet<String> {
 }
 
 impl HookRegistry {
-    pub fn new(host: Arc<WasmHost>, metrics: Arc<HookMetrics>, policy_timeout: Duration) -> Self {
+    pub fn new(
+        host: Arc<WasmHost>,
+        policies: Arc<PolicyEvaluator>,
+        metrics: Arc<HookMetrics>,
+    ) -> Self {
         Self {
             host,
-            policy_timeout,
+            policies,
             pool_plugin_caps: PoolPluginCaps::default(),
             load_wait: DEFAULT_LOAD_WAIT,
             loaded: Arc::new(Loaded {
                 metrics,
+                slots: EvaluationSlots::new(SlotLimits::default()),
                 cluster: RwLock::new(None),
                 cluster_report: RwLock::new(None),
                 cluster_config_error: RwLock::new(None),
                 pools: RwLock::new(HashMap::new()),
                 loads: watch::Sender::new(0),
+                guard: RwLock::new(Arc::default()),
             }),
         }
     }
@@ -225,10 +259,25 @@ impl HookRegistry {
         self
     }
 
+    /// How many pipelines evaluate at once, in all and per pool, and how long a run waits for
+    /// its turn ([`SlotLimits::default`] unless set). Call before the registry is shared.
+    pub fn with_slots(mut self, limits: SlotLimits) -> Self {
+        if let Some(loaded) = Arc::get_mut(&mut self.loaded) {
+            loaded.slots = EvaluationSlots::new(limits);
+        }
+        self
+    }
+
     /// The most a pool plugin may ask for (the configuration's defaults unless set). A pool
     /// plugin that asks for more is refused at load; cluster plugins are not capped.
     pub fn with_pool_plugin_caps(mut self, caps: PoolPluginCaps) -> Self {
         self.pool_plugin_caps = caps;
+        self
+    }
+
+    /// The run-Pod guard every pipeline enforces last ([`RunPodGuard::default`] unless set).
+    pub fn with_run_pod_guard(self, guard: RunPodGuard) -> Self {
+        *write(&self.loaded.guard) = Arc::new(guard);
         self
     }
 
@@ -498,6 +547,8 @@ impl HookRegistry {
             Err(reason) => Pipeline {
                 scope: scope.clone(),
                 metrics: Some(self.loaded.metrics.clone()),
+                slots: Some(self.loaded.slots.clone()),
+                guard: read(&self.loaded.guard).clone(),
                 pending: Some(PendingHooks {
                     loaded: self.loaded.clone(),
                     scope,
@@ -521,6 +572,7 @@ impl HookRegistry {
         config_maps: &FetchedConfigMaps,
         report: &mut LoadReport,
     ) -> Vec<PluginSlot> {
+        let scope = report.scope.clone();
         specs
             .iter()
             .enumerate()
@@ -530,37 +582,54 @@ impl HookRegistry {
                 let origin = describe(&spec.config_map, spec.key.as_deref());
                 let allowed =
                     caps.map_or(Ok(()), |caps| caps.check(&format!("{field}[{i}]"), spec));
-                let bytes = allowed.and_then(|()| {
-                    config_maps
+                // The bytes as stored are digested before anything is decompressed: an
+                // unchanged plugin costs a hash of its ConfigMap key, nothing more.
+                let result = allowed.map_err(LoadFailure::from).and_then(|()| {
+                    let config_map = config_maps
                         .get(&spec.config_map, &format!("{field}[{i}].configMap"))
-                        .and_then(|cm| {
-                            source::plugin_module(
-                                cm,
-                                spec.key.as_deref(),
-                                self.host.limits().max_module_bytes,
-                            )
-                        })
-                        .map_err(|e| e.to_string())
-                });
-                let result = bytes.and_then(|bytes| {
-                    let digest = Digest::of(&bytes);
-                    if let Some(old) = old
-                        && old.active.is_some()
-                        && old.loaded_from.as_ref() == Some(&(digest, spec.clone()))
-                    {
-                        return Ok(None);
+                        .map_err(|e| e.to_string())?;
+                    let (key, stored) = source::plugin_source(config_map, spec.key.as_deref())
+                        .map_err(|e| e.to_string())?;
+                    let digest = Digest::of(stored);
+                    let from = Some((digest, spec.clone()));
+                    if let Some(old) = old {
+                        if old.active.is_some() && old.loaded_from == from {
+                            return Ok(None);
+                        }
+                        if let Some(error) = &old.error
+                            && old.failed_from == from
+                        {
+                            return Err(LoadFailure {
+                                error: error.clone(),
+                                remember: Some(digest),
+                            });
+                        }
                     }
-                    Plugin::load(&self.host, &name, &bytes, spec)
+                    let failed = |error: String, lasting: bool| LoadFailure {
+                        error,
+                        remember: lasting.then_some(digest),
+                    };
+                    let max = self.host.limits().max_module_bytes;
+                    let bytes = source::decompress(config_map, &key, stored, max)
+                        .map_err(|e| failed(e.to_string(), true))?;
+                    Plugin::load_for(&self.host, &scope, &name, bytes, spec)
                         .map(|plugin| Some((Arc::new(plugin), digest)))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| {
+                            let lasting = e.is_lasting();
+                            failed(e.to_string(), lasting)
+                        })
                 });
-                let unavailable = |error: String| {
+                let failed_from =
+                    |failure: &LoadFailure| failure.remember.map(|digest| (digest, spec.clone()));
+                let unavailable = |failure: LoadFailure| {
+                    let error = failure.error.clone();
                     let slot = PluginSlot {
                         name: name.clone(),
                         spec: spec.clone(),
                         active: None,
                         loaded_from: None,
                         error: Some(error.clone()),
+                        failed_from: failed_from(&failure),
                     };
                     let status = LoadStatus::Unavailable {
                         error,
@@ -580,23 +649,26 @@ impl HookRegistry {
                             active: Some(plugin),
                             loaded_from: Some((digest, spec.clone())),
                             error: None,
+                            failed_from: None,
                         };
                         (slot, status)
                     }
-                    (Err(error), Some(old)) if old.active.is_some() => {
+                    (Err(failure), Some(old)) if old.active.is_some() => {
                         let digest = old
                             .active
                             .as_ref()
                             .map(|p| short(p.digest()))
                             .unwrap_or_default();
                         let slot = PluginSlot {
-                            error: Some(error.clone()),
+                            error: Some(failure.error.clone()),
+                            failed_from: failed_from(&failure),
                             ..old.clone()
                         };
+                        let error = failure.error;
                         (slot, LoadStatus::KeptPrevious { digest, error })
                     }
-                    (Err(error), _) => unavailable(error),
-                    (Ok(None), None) => unavailable("it has not been loaded".to_string()),
+                    (Err(failure), _) => unavailable(failure),
+                    (Ok(None), None) => unavailable("it has not been loaded".to_string().into()),
                 };
                 if !matches!(status, LoadStatus::Loaded { .. } | LoadStatus::Unchanged) {
                     self.metrics().count_load_failure(&report.scope, &name);
@@ -631,7 +703,8 @@ impl HookRegistry {
             {
                 return Ok((old.clone(), true));
             }
-            Policy::compile(name, file, &text, version, self.policy_timeout)
+            self.policies
+                .compile(name, file, &text, version)
                 .map(|policy| {
                     let slot = PolicySlot {
                         entry: PolicyEntry::Ready(policy),

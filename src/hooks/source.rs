@@ -231,13 +231,12 @@ pub fn initialization_policy(
     ))
 }
 
-/// A plugin module from a ConfigMap's `binaryData`, gunzipped when compressed. `max` bounds
-/// the decompressed size.
-pub fn plugin_module(
-    config_map: &ConfigMap,
+/// A plugin module as a ConfigMap's `binaryData` holds it (plain or gzip-compressed), and its
+/// key. Digest these bytes to know whether the plugin changed: nothing is decompressed yet.
+pub fn plugin_source<'a>(
+    config_map: &'a ConfigMap,
     key: Option<&str>,
-    max: usize,
-) -> Result<Vec<u8>, SourceError> {
+) -> Result<(String, &'a [u8]), SourceError> {
     let name = object_name(config_map);
     let data = config_map.binary_data.as_ref();
     let (key, bytes) = pick(
@@ -246,27 +245,90 @@ pub fn plugin_module(
         key,
         "binaryData",
     )?;
-    gunzip_if_needed(bytes.clone(), max).map_err(|message| SourceError::BadContent {
-        config_map: name,
-        key,
+    Ok((key, bytes.as_slice()))
+}
+
+/// A plugin module from a ConfigMap's `binaryData`, gunzipped when compressed. `max` bounds
+/// the decompressed size.
+pub fn plugin_module(
+    config_map: &ConfigMap,
+    key: Option<&str>,
+    max: usize,
+) -> Result<Vec<u8>, SourceError> {
+    let (key, bytes) = plugin_source(config_map, key)?;
+    decompress(config_map, &key, bytes, max)
+}
+
+/// `bytes` of `config_map`'s `key`, gunzipped when compressed; decompression stops past `max`.
+pub fn decompress(
+    config_map: &ConfigMap,
+    key: &str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, SourceError> {
+    gunzip_if_needed(bytes, max).map_err(|message| SourceError::BadContent {
+        config_map: object_name(config_map),
+        key: key.to_string(),
         message,
     })
 }
 
 /// `bytes`, gunzipped when they start with gzip's magic, refusing more than `max` bytes.
-pub fn gunzip_if_needed(bytes: Vec<u8>, max: usize) -> Result<Vec<u8>, String> {
+///
+/// What a small archive of a huge module can cost is bounded twice: gzip's trailer says how
+/// large the content is (modulo 4 GiB), so a module that says it is over the cap is refused
+/// before anything is decompressed (a trailer that does not match the content makes the gzip
+/// invalid anyway), and the output buffer is reserved once at that size; a trailer can lie,
+/// so decompression also stops at the cap, and the buffer never grows past `max` bytes.
+pub fn gunzip_if_needed(bytes: &[u8], max: usize) -> Result<Vec<u8>, String> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
+        return Ok(bytes.to_vec());
     }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes.as_slice())
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("not valid gzip: {e}"))?;
-    if out.len() > max {
-        return Err(format!("decompresses to more than {max} bytes"));
+    let too_large = || {
+        format!(
+            "decompresses to more than {}, the most a plugin module may have \
+             (limits.maxModuleMib, Helm value hooks.limits.maxModuleMib): build a smaller \
+             module, or raise the limit",
+            size(max)
+        )
+    };
+    let claimed = bytes
+        .last_chunk::<4>()
+        .map(|trailer| u32::from_le_bytes(*trailer) as usize);
+    if let Some(claimed) = claimed
+        && claimed > max
+    {
+        return Err(too_large());
     }
-    Ok(out)
+    let mut out = Vec::with_capacity(claimed.unwrap_or(0));
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let read = decoder
+            .read(&mut chunk)
+            .map_err(|e| format!("not valid gzip: {e}"))?;
+        if read == 0 {
+            return Ok(out);
+        }
+        let needed = out.len() + read;
+        if needed > max {
+            return Err(too_large());
+        }
+        if needed > out.capacity() {
+            // Doubling, as a Vec would, but never past the cap.
+            let target = needed.max(out.capacity() * 2).min(max);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..read]);
+    }
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// A policy's text from a ConfigMap's `data` (or UTF-8 `binaryData`).
@@ -389,8 +451,46 @@ mod tests {
         assert_eq!(plugin_module(&cm, None, 4096).unwrap().len(), 1000);
         assert_eq!(
             plugin_module(&cm, None, 100).unwrap_err().to_string(),
-            "ConfigMap ops/plugins key \"m.wasm.gz\": decompresses to more than 100 bytes"
+            "ConfigMap ops/plugins key \"m.wasm.gz\": decompresses to more than 100 bytes, the \
+             most a plugin module may have (limits.maxModuleMib, Helm value \
+             hooks.limits.maxModuleMib): build a smaller module, or raise the limit"
         );
+    }
+
+    #[test]
+    fn a_gzip_trailer_that_understates_the_size_still_stops_at_the_cap() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&[0u8; 100_000]).unwrap();
+        let mut gz = gz.finish().unwrap();
+        let at = gz.len() - 4;
+        gz[at..].copy_from_slice(&10u32.to_le_bytes());
+        let err = gunzip_if_needed(&gz, 50_000).unwrap_err();
+        assert!(
+            err.starts_with("decompresses to more than 50000 bytes"),
+            "{err}"
+        );
+        // Under the cap, the lie is found by gzip's own check of the trailer.
+        let err = gunzip_if_needed(&gz, 200_000).unwrap_err();
+        assert!(err.starts_with("not valid gzip"), "{err}");
+    }
+
+    #[test]
+    fn the_output_buffer_never_grows_past_the_cap() {
+        let gzip = |content: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(content).unwrap();
+            gz.finish().unwrap()
+        };
+        let max = 300_000;
+        let honest = gunzip_if_needed(&gzip(&[7u8; 300_000]), max).unwrap();
+        assert_eq!((honest.len(), honest.capacity()), (max, max));
+        // An empty second member: the trailer at the end says 0, so the buffer starts empty
+        // and grows while the first member is read, up to the cap and no further.
+        let mut two = gzip(&[7u8; 300_000]);
+        two.extend(gzip(b""));
+        let grown = gunzip_if_needed(&two, max).unwrap();
+        assert_eq!(grown.len(), max);
+        assert!(grown.capacity() <= max, "capacity {}", grown.capacity());
     }
 
     #[test]

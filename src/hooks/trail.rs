@@ -21,6 +21,8 @@ pub enum Stage {
     PoolPolicy,
     ClusterPolicy,
     Invariants,
+    /// The cluster admin's run-Pod guard, after the invariants.
+    Guard,
 }
 
 impl Stage {
@@ -32,6 +34,7 @@ impl Stage {
             Stage::PoolPolicy => "poolPolicy",
             Stage::ClusterPolicy => "clusterPolicy",
             Stage::Invariants => "invariants",
+            Stage::Guard => "guard",
         }
     }
 }
@@ -44,6 +47,7 @@ impl fmt::Display for Stage {
             Stage::PoolPolicy => "pool initialization policy",
             Stage::ClusterPolicy => "cluster policy",
             Stage::Invariants => "invariants",
+            Stage::Guard => "guard",
         })
     }
 }
@@ -80,9 +84,32 @@ pub struct HookRecord {
     pub micros: u64,
 }
 
-/// The annotation value for a trail.
+/// A record's message is cut at this many bytes in the annotation.
+pub const MAX_ANNOTATION_MESSAGE_BYTES: usize = 512;
+/// A changed path is cut at this many bytes in the annotation.
+const MAX_ANNOTATION_PATH_BYTES: usize = 256;
+
+/// The annotation value for a trail. Messages and paths are cut, so that hooks' texts (a
+/// plugin's message may be a megabyte) never push the Pod past the API server's 256 KiB for
+/// all annotations: at most 20 paths and one message per hook.
 pub fn annotation(trail: &[HookRecord]) -> String {
-    serde_json::to_string(trail).unwrap_or_else(|_| "[]".to_string())
+    use crate::protocol::limits::truncate;
+    let bounded: Vec<HookRecord> = trail
+        .iter()
+        .map(|record| HookRecord {
+            changes: record
+                .changes
+                .iter()
+                .map(|path| truncate(path, MAX_ANNOTATION_PATH_BYTES))
+                .collect(),
+            message: record
+                .message
+                .as_deref()
+                .map(|m| truncate(m, MAX_ANNOTATION_MESSAGE_BYTES)),
+            ..record.clone()
+        })
+        .collect();
+    serde_json::to_string(&bounded).unwrap_or_else(|_| "[]".to_string())
 }
 
 /// Every path at which `before` and `after` differ, named the way a person reads a Pod:

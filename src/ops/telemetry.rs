@@ -1,6 +1,8 @@
 //! Logging: a tracing subscriber writing JSON (for log collectors) or text (for people) to
 //! stderr, like controller-runtime's zap logger.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -34,8 +36,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<bool, TelemetryError> {
         .ok()
         .filter(|s| !s.trim().is_empty());
     let filter = build_filter(filter, env.as_deref())?;
+    // Colours only on a terminal: in a container log or a file, escape codes split every
+    // `field=value` and defeat grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // `try_init` fails only when a global subscriber exists already.
     let installed = match format {

@@ -81,10 +81,17 @@ impl Message {
     }
 
     /// The key under which a redelivery of this message is recognised: a run schedule by its
-    /// run stage attempt (the backend may re-send it under a new id), anything else by id.
+    /// run stage attempt on its worker (the backend may re-send it under a new id, and may
+    /// give a run another worker's schedule when one refused it), anything else by id.
     pub fn dedup_key(&self) -> String {
         match &self.body {
-            Body::RunSchedule(s) => format!("run/{}/{}/{}", s.run_id, s.stage, s.attempt),
+            Body::RunSchedule(s) => format!(
+                "run/{}/{}/{}/{}",
+                self.worker.map(|w| w.to_string()).unwrap_or_default(),
+                s.run_id,
+                s.stage,
+                s.attempt
+            ),
             _ => format!("id/{}", self.id),
         }
     }
@@ -315,6 +322,7 @@ fn decode_body(kind: &str, body: &serde_json::Value) -> Result<Body, Reason> {
         "run.denied" => Body::RunDenied(de(body)?),
         "run.finished" => Body::RunFinished(de(body)?),
         "pool.status" => Body::PoolStatus(de(body)?),
+        "pool.demand" => Body::PoolDemand(de(body)?),
         other => return Err(Reason::UnknownType(other.to_string())),
     })
 }
@@ -356,6 +364,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "run.denied",
     "run.finished",
     "pool.status",
+    "pool.demand",
 ];
 
 fn check_route(topic: &Topic, message: &Message) -> Result<(), Reason> {

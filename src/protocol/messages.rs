@@ -48,6 +48,10 @@ pub enum Body {
     /// queued for the pool.
     #[serde(rename = "pool.status")]
     PoolStatus(PoolStatus),
+    /// backend -> pool: the runs waiting for the pool, and how many of them can start now
+    /// (the autoscaler's input). Sent when it changes, retained by the broker.
+    #[serde(rename = "pool.demand")]
+    PoolDemand(PoolDemand),
 }
 
 /// Whether a body is addressed to one worker or to the whole pool.
@@ -75,13 +79,14 @@ impl Body {
             Body::RunDenied(_) => "run.denied",
             Body::RunFinished(_) => "run.finished",
             Body::PoolStatus(_) => "pool.status",
+            Body::PoolDemand(_) => "pool.demand",
         }
     }
 
     /// Worker-level or pool-level.
     pub fn scope(&self) -> Scope {
         match self {
-            Body::PoolStatus(_) => Scope::Pool,
+            Body::PoolStatus(_) | Body::PoolDemand(_) => Scope::Pool,
             _ => Scope::Worker,
         }
     }
@@ -92,7 +97,8 @@ impl Body {
             Body::WorkerRegistered(_)
             | Body::WorkerDeregistered(_)
             | Body::RunSchedule(_)
-            | Body::RunStop(_) => direction == Direction::ToPool,
+            | Body::RunStop(_)
+            | Body::PoolDemand(_) => direction == Direction::ToPool,
             Body::WorkerRegister(_)
             | Body::WorkerDeregister(_)
             | Body::WorkerState(_)
@@ -126,6 +132,10 @@ impl Body {
                 if s.launcher_image.trim().is_empty() {
                     return Err(("body.launcherImage".into(), "must not be empty".into()));
                 }
+                if let Some(endpoint) = &s.launcher_endpoint {
+                    check_launcher_endpoint(endpoint)
+                        .map_err(|reason| ("body.launcherEndpoint".into(), reason))?;
+                }
                 Ok(())
             }
             Body::RunStop(s) => {
@@ -143,12 +153,38 @@ impl Body {
                 }
                 None => Ok(()),
             },
+            Body::PoolDemand(d) if d.schedulable_runs > d.pending_runs => Err((
+                "body.schedulableRuns".into(),
+                format!(
+                    "{} must not exceed pendingRuns ({}): schedulable runs are some of the pending ones",
+                    d.schedulable_runs, d.pending_runs
+                ),
+            )),
             other => match other.run() {
                 Some(r) => validate_run(&r.run_id, &r.stage, r.attempt),
                 None => Ok(()),
             },
         }
     }
+}
+
+/// A launcher endpoint is `https://host[:port]`: TLS always (the launcher signs its requests
+/// with the worker's key and checks the backend with the pool token's CA), nothing after the
+/// authority, at most 256 characters.
+pub fn check_launcher_endpoint(endpoint: &str) -> Result<(), String> {
+    let authority = endpoint
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{endpoint:?} must start with https://"))?;
+    if endpoint.len() > 256 {
+        return Err("must be at most 256 characters".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if authority.is_empty() || !authority.chars().all(allowed) {
+        return Err(format!(
+            "{endpoint:?} must be https://host[:port], with no path, query or user"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_run(run_id: &str, stage: &str, attempt: u32) -> Result<(), (String, String)> {
@@ -423,4 +459,16 @@ pub struct PoolStatus {
     /// Runs queued for the pool, as the backend sees them (backend -> pool only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_runs: Option<u32>,
+}
+
+/// What waits for a pool, as the backend sees it: the autoscaler's input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolDemand {
+    /// Runs that wait for a worker of this pool and have none yet, including those that
+    /// wait on a person (a tracked run's plan awaiting confirmation).
+    pub pending_runs: u32,
+    /// Of `pendingRuns`, those a worker could start now: not waiting on a person or on
+    /// anything else outside the pool. At most `pendingRuns`.
+    pub schedulable_runs: u32,
 }

@@ -5,6 +5,7 @@
 //! [`crate::link`].
 
 mod codec;
+pub mod limits;
 mod messages;
 mod run;
 mod serde_ids;
@@ -15,9 +16,9 @@ pub use codec::{
     decode, encode,
 };
 pub use messages::{
-    Body, DenyReason, FailureCause, Outcome, PodCreated, PoolStatus, RunDenied, RunFinished,
-    RunRef, RunStop, Scope, WorkerDeregister, WorkerDeregistered, WorkerRegister, WorkerRegistered,
-    WorkerState, WorkerStatus, check_stage,
+    Body, DenyReason, FailureCause, Outcome, PodCreated, PoolDemand, PoolStatus, RunDenied,
+    RunFinished, RunRef, RunStop, Scope, WorkerDeregister, WorkerDeregistered, WorkerRegister,
+    WorkerRegistered, WorkerState, WorkerStatus, check_launcher_endpoint, check_stage,
 };
 pub use run::RunSchedule;
 pub use topic::{Direction, Topic, TopicError, backend_subscription, pool_subscriptions};

@@ -20,6 +20,11 @@ pub struct RunSchedule {
     pub runner_image: Option<String>,
     /// The launcher image for the `init` and `launcher-grpc` containers, pinned by the backend.
     pub launcher_image: String,
+    /// Where the launcher reaches the backend's launcher API (`https://host:port`), passed to
+    /// `init` and `launcher-grpc` as `SPACELIFT_LAUNCHER_ENDPOINT`. Without it the launcher has
+    /// no job to fetch and the stage fails in `init`, saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_endpoint: Option<String>,
     /// Run timeout in seconds, passed to the launcher as `SPACELIFT_LAUNCHER_RUN_TIMEOUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_timeout_seconds: Option<u64>,

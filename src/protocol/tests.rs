@@ -31,6 +31,7 @@ fn schedule() -> RunSchedule {
         attempt: 1,
         runner_image: Some("public.ecr.aws/spacelift/runner-terraform:latest".to_string()),
         launcher_image: "public.ecr.aws/spacelift/launcher:abc".to_string(),
+        launcher_endpoint: Some("https://10.213.0.1:8443".to_string()),
         run_timeout_seconds: Some(3600),
         logs_timeout_seconds: Some(600),
         metadata: BTreeMap::from([("stack".to_string(), "prod-vpc".to_string())]),
@@ -132,6 +133,13 @@ fn every_message() -> Vec<(Message, Direction)> {
             Message::for_pool(Body::PoolStatus(PoolStatus {
                 pending_runs: Some(3),
                 ..PoolStatus::default()
+            })),
+            Direction::ToPool,
+        ),
+        (
+            Message::for_pool(Body::PoolDemand(PoolDemand {
+                pending_runs: 5,
+                schedulable_runs: 3,
             })),
             Direction::ToPool,
         ),
@@ -361,9 +369,9 @@ fn unknown_body_fields_are_refused() {
     let payload = envelope("run.schedule", body).to_string();
     let err = decode(&to_worker(), payload.as_bytes(), DEFAULT_MAX_PAYLOAD).expect_err("refused");
     assert_eq!(err.drop_reason(), DropReason::Malformed);
-    assert!(
-        err.to_string().contains("unknown field `priority`"),
-        "{err}"
+    assert_eq!(
+        err.reason.to_string(),
+        "field body.priority: unknown field `priority`, expected one of `runId`, `stage`, `attempt`, `runnerImage`, `launcherImage`, `launcherEndpoint`, `runTimeoutSeconds`, `logsTimeoutSeconds`, `metadata`"
     );
 }
 
@@ -424,6 +432,9 @@ fn redelivered_schedules_share_a_dedup_key_whatever_their_id() {
     next_attempt.attempt = 2;
     let retry = Message::for_worker(worker(), Body::RunSchedule(next_attempt));
     assert_ne!(first.dedup_key(), retry.dedup_key());
+    // The same run given to another worker (the first refused it) is another message.
+    let elsewhere = Message::for_worker(Ulid::generate(), Body::RunSchedule(schedule()));
+    assert_ne!(first.dedup_key(), elsewhere.dedup_key());
     let stop = Message::for_worker(
         worker(),
         Body::RunStop(RunStop {
@@ -481,4 +492,47 @@ fn documented_examples_decode() {
         missing.is_empty(),
         "docs/protocol.md has no example of {missing:?}"
     );
+}
+
+#[test]
+fn a_demand_with_more_schedulable_than_pending_runs_is_refused() {
+    let mut json = envelope(
+        "pool.demand",
+        serde_json::json!({"pendingRuns": 2, "schedulableRuns": 3}),
+    );
+    json.as_object_mut().expect("object").remove("worker");
+    let topic = format!("spacelift/readonly/{POOL}");
+    let err =
+        decode(&topic, json.to_string().as_bytes(), DEFAULT_MAX_PAYLOAD).expect_err("refused");
+    assert_eq!(err.drop_reason(), DropReason::Malformed);
+    assert!(
+        err.to_string().contains("body.schedulableRuns")
+            && err.to_string().contains("must not exceed pendingRuns (2)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_demand_travels_only_from_the_backend_to_the_pool() {
+    let mut json = envelope(
+        "pool.demand",
+        serde_json::json!({"pendingRuns": 2, "schedulableRuns": 1}),
+    );
+    json.as_object_mut().expect("object").remove("worker");
+    let payload = json.to_string();
+    assert!(
+        decode(
+            &format!("spacelift/readonly/{POOL}"),
+            payload.as_bytes(),
+            DEFAULT_MAX_PAYLOAD
+        )
+        .is_ok()
+    );
+    let err = decode(
+        &format!("spacelift/writeonly/{POOL}"),
+        payload.as_bytes(),
+        DEFAULT_MAX_PAYLOAD,
+    )
+    .expect_err("a pool may not send a demand");
+    assert_eq!(err.drop_reason(), DropReason::WrongTopic);
 }

@@ -208,6 +208,16 @@ impl Rendering {
         self.get("Deployment", "-controller-manager")
     }
 
+    /// An annotation of the operator Pod's template, "" when it has none.
+    pub fn pod_annotation(&self, key: &str) -> anyhow::Result<String> {
+        Ok(
+            self.deployment()?["spec"]["template"]["metadata"]["annotations"][key]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
     pub fn manager(&self) -> anyhow::Result<&Value> {
         let deployment = self.deployment()?;
         deployment["spec"]["template"]["spec"]["containers"]
@@ -227,6 +237,14 @@ impl Rendering {
             .as_str()
             .map(str::to_owned)
             .context("the hooks ConfigMap has no hooks.yaml")
+    }
+
+    /// The operator's --run-pod-guard file, from the same ConfigMap.
+    pub fn run_pod_guard(&self) -> anyhow::Result<String> {
+        self.get("ConfigMap", "-hooks")?["data"]["run-pod-guard.yaml"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the hooks ConfigMap has no run-pod-guard.yaml")
     }
 
     /// `kind/namespace/name` of every object, for messages.
@@ -300,6 +318,7 @@ pub const MANAGER_RULES: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "patch"],
     ),
     ("workers.spacelift.io", "workerpools/status", &["patch"]),
+    ("workers.spacelift.io", "workerpools/scale", &["patch"]),
     (
         "workers.spacelift.io",
         "workerpools/finalizers",

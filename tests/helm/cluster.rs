@@ -316,11 +316,11 @@ async fn the_example_hooks_load_as_the_chart_service_account() -> anyhow::Result
         config_maps.insert(name, cm);
     }
     let host = WasmHost::new(config.limits.host_limits())?;
-    let registry = HookRegistry::new(
-        host,
-        std::sync::Arc::new(HookMetrics::new()),
-        config.limits.policy_timeout(),
+    let policies = workerpool_operator::hooks::PolicyEvaluator::new(
+        env!("CARGO_BIN_EXE_workerpool-operator"),
+        config.limits.policy_limits(),
     );
+    let registry = HookRegistry::new(host, policies, std::sync::Arc::new(HookMetrics::new()));
     let report = registry.load_cluster(&config, &config_maps);
     assert!(report.is_healthy(), "{report:#?}");
     let loaded: Vec<&str> = report

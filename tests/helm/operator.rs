@@ -40,23 +40,26 @@ impl HostAddresses {
 }
 
 /// The chart's Deployment arguments, made runnable on the host: `run` first, listen addresses on
-/// loopback, the hook configuration read from `hook_config` and compiled plugins cached in
-/// `plugin_cache` instead of the mounted paths. Everything else (namespaces, leader election,
-/// metrics security, logging, the cache's size) is the chart's.
+/// loopback, the hook configuration and the run-Pod guard read from `config_dir` and compiled
+/// plugins cached in `plugin_cache` instead of the mounted paths. Everything else (namespaces,
+/// leader election, metrics security, logging, the cache's size) is the chart's.
 pub fn host_args(
     chart_args: &[String],
-    hook_config: &Path,
+    config_dir: &Path,
     plugin_cache: &Path,
     at: HostAddresses,
 ) -> Vec<String> {
     chart_args
         .iter()
         .map(|arg| {
-            let (flag, _) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+            let (flag, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+            let file = Path::new(value).file_name().unwrap_or_default();
             match flag {
                 "--health-probe-bind-address" => format!("{flag}={}", at.probes),
                 "--metrics-bind-address" => format!("{flag}={}", at.metrics),
-                "--hook-config" => format!("{flag}={}", hook_config.display()),
+                "--hook-config" | "--run-pod-guard" => {
+                    format!("{flag}={}", config_dir.join(file).display())
+                }
                 "--plugin-cache-dir" => format!("{flag}={}", plugin_cache.display()),
                 _ => arg.clone(),
             }
@@ -92,12 +95,15 @@ impl HostOperator {
         let kubeconfig = release
             .service_account_kubeconfig(&dir.path().join("kubeconfig"))
             .await?;
-        let hook_config = dir.path().join("hooks.yaml");
-        std::fs::write(&hook_config, manifest.hook_config()?)?;
+        std::fs::write(dir.path().join("hooks.yaml"), manifest.hook_config()?)?;
+        std::fs::write(
+            dir.path().join("run-pod-guard.yaml"),
+            manifest.run_pod_guard()?,
+        )?;
         let addresses = HostAddresses::free()?;
         let args = host_args(
             &manifest.args()?,
-            &hook_config,
+            dir.path(),
             &dir.path().join("plugin-cache"),
             addresses,
         );
@@ -239,7 +245,7 @@ fn the_host_run_keeps_every_chart_argument_but_addresses_and_paths() -> anyhow::
     };
     let args = host_args(
         &r.args()?,
-        Path::new("/tmp/x/hooks.yaml"),
+        Path::new("/tmp/x"),
         Path::new("/tmp/x/plugin-cache"),
         at,
     );
@@ -251,6 +257,7 @@ fn the_host_run_keeps_every_chart_argument_but_addresses_and_paths() -> anyhow::
             "--leader-elect",
             "--leader-election-id=wpo-workerpool-operator-leader",
             "--hook-config=/tmp/x/hooks.yaml",
+            "--run-pod-guard=/tmp/x/run-pod-guard.yaml",
             "--plugin-cache-dir=/tmp/x/plugin-cache",
             "--plugin-cache-max-mib=192",
             "--log-format=json",

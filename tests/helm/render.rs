@@ -202,6 +202,7 @@ fn the_operator_pod_is_hardened_and_sized_as_in_the_seed() -> anyhow::Result<()>
             "--leader-elect",
             "--leader-election-id=wpo-workerpool-operator-leader",
             "--hook-config=/etc/workerpool-operator/hooks.yaml",
+            "--run-pod-guard=/etc/workerpool-operator/run-pod-guard.yaml",
             "--plugin-cache-dir=/var/cache/workerpool-operator",
             "--plugin-cache-max-mib=192",
             "--log-format=json",
@@ -352,15 +353,7 @@ fn compiled_plugins_have_a_volume_of_their_own_and_are_kept_below_its_size() -> 
 
 #[test]
 fn changing_the_hook_limits_rolls_the_operator_pod() -> anyhow::Result<()> {
-    let checksum = |args: &[&str]| -> anyhow::Result<String> {
-        let r = render(args)?;
-        Ok(
-            r.deployment()?["spec"]["template"]["metadata"]["annotations"]["checksum/hook-limits"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
+    let checksum = |args: &[&str]| render(args)?.pod_annotation("checksum/hook-limits");
     let default = checksum(&[])?;
     assert_eq!(default.len(), 64, "{default:?}");
     assert_ne!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::hooks_support::*;
 use workerpool_operator::hooks::registry::pool_config_maps;
 use workerpool_operator::hooks::{
-    Decision, FailurePolicy, Outcome, RegoVersion, Stage, TRAIL_ANNOTATION,
+    Decision, FailurePolicy, Outcome, PolicyLimits, RegoVersion, Stage, TRAIL_ANNOTATION,
 };
 
 #[test]
@@ -198,13 +198,11 @@ fn policies_pass_their_cases() {
         }
         let file = path.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&path).unwrap();
-        let policy = workerpool_operator::hooks::Policy::compile(
-            &file,
-            &file,
-            &text,
-            RegoVersion::Auto,
-            Duration::from_millis(500),
-        )
+        let policy = policies_with(PolicyLimits {
+            timeout: Duration::from_millis(500),
+            ..PolicyLimits::default()
+        })
+        .compile(&file, &file, &text, RegoVersion::Auto)
         .unwrap_or_else(|e| panic!("{file}: {e}"));
         let cases_path = path.with_extension("cases.yaml");
         let cases: Vec<Case> = yaml_serde::from_str(
@@ -214,7 +212,7 @@ fn policies_pass_their_cases() {
         .unwrap_or_else(|e| panic!("{}: {e}", cases_path.display()));
         for case in cases {
             let mut got = policy
-                .evaluate(&case.input)
+                .evaluate(&case.input.to_string())
                 .unwrap_or_else(|e| panic!("{file}: {}: {e}", case.name));
             got.sort();
             let mut want = case.deny;

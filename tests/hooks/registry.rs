@@ -489,11 +489,8 @@ fn cluster_wide_load_problems_show_on_every_pools_condition() {
 #[test]
 fn a_deleted_pools_hooks_and_metrics_are_forgotten() {
     let metrics = Arc::new(HookMetrics::new());
-    let registry = workerpool_operator::hooks::HookRegistry::new(
-        host(),
-        metrics.clone(),
-        Duration::from_millis(100),
-    );
+    let registry =
+        workerpool_operator::hooks::HookRegistry::new(host(), policies(), metrics.clone());
     registry.load_cluster(&HookConfig::default(), &BTreeMap::new());
     let (mut pool, maps) = pool_with_policy("package spacelift\ndeny contains \"no\" if true\n");
     pool.metadata.uid = Some("first".into());
@@ -542,14 +539,9 @@ async fn the_async_entry_runs_off_the_runtime() {
 
 #[test]
 fn a_policy_pinned_to_the_wrong_syntax_says_so() {
-    let err = workerpool_operator::hooks::Policy::compile(
-        "seed",
-        "seed.rego",
-        SEED_POLICY,
-        RegoVersion::V1,
-        Duration::from_millis(100),
-    )
-    .unwrap_err();
+    let err = policies()
+        .compile("seed", "seed.rego", SEED_POLICY, RegoVersion::V1)
+        .unwrap_err();
     assert!(err.to_string().contains("seed.rego:3"), "{err}");
     let entry = PolicyEntry::Broken {
         name: "seed".into(),

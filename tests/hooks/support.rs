@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,28 +15,14 @@ use workerpool_operator::crd::{Worker, WorkerPool};
 use workerpool_operator::hooks::host::CompiledModule;
 use workerpool_operator::hooks::{
     Allowed, Decision, Denial, FailurePolicy, HookConfig, HookInput, HookMetrics, HookRegistry,
-    HostLimits, Pipeline, Plugin, PluginEntry, PluginSpec, Policy, RegoVersion, WasmHost,
+    HostLimits, Pipeline, Plugin, PluginEntry, PluginSpec, PolicyEvaluator, PolicyLimits,
+    RegoVersion, WasmHost,
 };
 use workerpool_operator::protocol::RunSchedule;
 
 pub const SEED_POLICY: &str = "package spacelift\n\ndeny[\"you shall not pass\"] {\n    false\n}\n";
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `plugins/target/wasm`, after building every example once per test process.
-pub fn plugins_dir() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(root().join("plugins/build"))
-            .arg("--quiet")
-            .status()
-            .expect("plugins/build runs");
-        assert!(status.success(), "plugins/build failed");
-        root().join("plugins/target/wasm")
-    })
-}
+pub use crate::support::plugins_dir;
 
 /// The bytes of a built example plugin. Its compiled module stays in the shared host's cache
 /// for the whole test process (as the registry keeps it in the operator), so each example is
@@ -59,15 +43,38 @@ pub fn example(name: &str) -> Vec<u8> {
 
 /// The text of a hostile plugin fixture (WAT; wasmtime compiles it as is).
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = root().join(format!("tests/fixtures/plugins/{name}.wat"));
+    let path = crate::support::repo_root().join(format!("tests/fixtures/plugins/{name}.wat"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One host for the whole test process, as in the operator.
 pub fn host() -> Arc<WasmHost> {
     static HOST: OnceLock<Arc<WasmHost>> = OnceLock::new();
-    HOST.get_or_init(|| WasmHost::new(HostLimits::default()).expect("host"))
+    // Tests compile every example at once on a machine shared with other builds: compile
+    // limits are tested on hosts of their own (bounds.rs).
+    HOST.get_or_init(|| {
+        WasmHost::new(HostLimits {
+            compile_timeout: Duration::from_secs(1800),
+            max_concurrent_compiles: 8,
+            ..HostLimits::default()
+        })
+        .expect("host")
+    })
+    .clone()
+}
+
+/// The operator binary's policy evaluator children, as the operator runs them, with the
+/// default limits (100 ms, 32 MiB).
+pub fn policies() -> Arc<PolicyEvaluator> {
+    static POLICIES: OnceLock<Arc<PolicyEvaluator>> = OnceLock::new();
+    POLICIES
+        .get_or_init(|| policies_with(PolicyLimits::default()))
         .clone()
+}
+
+/// Policy evaluator children of the operator binary with `limits`.
+pub fn policies_with(limits: PolicyLimits) -> Arc<PolicyEvaluator> {
+    PolicyEvaluator::new(env!("CARGO_BIN_EXE_workerpool-operator"), limits)
 }
 
 /// A registry as the operator has it once its cluster-wide hooks have loaded (none here); a
@@ -80,12 +87,8 @@ pub fn registry() -> HookRegistry {
 
 /// A registry that has loaded nothing yet. A run waits at most 300 ms for its hooks.
 pub fn unloaded_registry() -> HookRegistry {
-    HookRegistry::new(
-        host(),
-        Arc::new(HookMetrics::new()),
-        Duration::from_millis(100),
-    )
-    .with_load_wait(Duration::from_millis(300))
+    HookRegistry::new(host(), policies(), Arc::new(HookMetrics::new()))
+        .with_load_wait(Duration::from_millis(300))
 }
 
 pub fn spec(settings: Option<serde_json::Value>, failure_policy: FailurePolicy) -> PluginSpec {
@@ -135,9 +138,10 @@ pub fn pool_pipeline(pool: Vec<PluginEntry>) -> Pipeline {
 /// The seed's "Initialization Policies" WorkerPool, in namespace `default`, allowing runner
 /// images from Docker Hub and public ECR.
 pub fn pool() -> WorkerPool {
-    let text =
-        std::fs::read_to_string(root().join("tests/fixtures/seed/initialization-policies.yaml"))
-            .unwrap();
+    let text = std::fs::read_to_string(
+        crate::support::repo_root().join("tests/fixtures/seed/initialization-policies.yaml"),
+    )
+    .unwrap();
     let mut pool: WorkerPool = yaml_serde::from_str(&text).unwrap();
     pool.metadata.namespace = Some("default".into());
     pool.metadata
@@ -291,6 +295,9 @@ impl Meter {
             .unwrap();
         registry
             .register(Box::new(metrics.load_failures.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(metrics.slot_timeouts.clone()))
             .unwrap();
         let before = scrape(&registry);
         Self { registry, before }
@@ -448,17 +455,13 @@ deny contains "host network" if input.pod.spec.hostNetwork
 deny contains "too many" if count(input.pod.spec.containers) > 10
 "#;
     let doc = serde_json::json!({"pool": input.pool, "worker": input.worker, "run": input.run, "pod": input.pod,
-                                 "runnerImage": input.runner_image, "allowedRunnerImageHosts": input.allowed_runner_image_hosts});
+                                 "runnerImage": input.runner_image, "allowedRunnerImageHosts": input.allowed_runner_image_hosts})
+        .to_string();
     for (name, text) in [("seed (v0)", SEED_POLICY), ("five rules (v1)", five)] {
         let started = Instant::now();
-        let policy = Policy::compile(
-            name,
-            "p.rego",
-            text,
-            RegoVersion::Auto,
-            Duration::from_millis(100),
-        )
-        .unwrap();
+        let policy = policies()
+            .compile(name, "p.rego", text, RegoVersion::Auto)
+            .unwrap();
         let compile = started.elapsed();
         let (p50, p99) = time(500, || {
             policy.evaluate(&doc).unwrap();

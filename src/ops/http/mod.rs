@@ -156,6 +156,8 @@ pub struct MetricsServing {
     pub secure: bool,
     /// `tls.crt` + `tls.key` here are used when both exist; else a self-signed certificate.
     pub cert_dir: PathBuf,
+    /// Offer HTTP/2 on the HTTPS listener (`--enable-http2`); HTTP/1.1 only by default.
+    pub http2: bool,
 }
 
 impl Default for MetricsServing {
@@ -163,6 +165,7 @@ impl Default for MetricsServing {
         MetricsServing {
             secure: true,
             cert_dir: PathBuf::from(DEFAULT_CERT_DIR),
+            http2: false,
         }
     }
 }
@@ -191,7 +194,7 @@ impl MetricsServer {
     ) -> Result<Self, HttpError> {
         let (listener, local_addr) = bind(addr).await?;
         if serving.secure {
-            let (config, source) = tls::server_config(&serving.cert_dir)?;
+            let (config, source) = tls::server_config(&serving.cert_dir, serving.http2)?;
             let authorizer = Arc::new(auth::Authorizer::new(client));
             Ok(MetricsServer {
                 listener: MetricsListener::Tls(tls::TlsListener::new(listener, config)?),

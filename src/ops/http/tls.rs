@@ -37,8 +37,11 @@ pub enum CertSource {
 
 /// The rustls server config for `cert_dir`: its `tls.crt`/`tls.key` when both exist, else a
 /// self-signed certificate. Exactly one of the two files is a configuration error.
+/// HTTP/2 is offered (ALPN `h2`) only when `http2`: off by default, as in controller-runtime's
+/// `--enable-http2=false`, because of the HTTP/2 stream-reset attacks (CVE-2023-44487).
 pub fn server_config(
     cert_dir: &Path,
+    http2: bool,
 ) -> Result<(Arc<rustls::ServerConfig>, CertSource), HttpError> {
     crate::ops::install_crypto_provider();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -74,9 +77,11 @@ pub fn server_config(
         .map_err(|e| HttpError::Tls(format!("TLS protocol versions: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    // HTTP/1.1 only: axum is built without its http2 feature, so offering h2 would break
-    // clients that prefer it (Go's net/http, curl).
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok((Arc::new(config), source))
 }
 
@@ -298,9 +303,14 @@ mod tests {
     #[test]
     fn no_files_gives_a_self_signed_certificate() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (config, source) = server_config(dir.path())?;
+        let (config, source) = server_config(dir.path(), false)?;
         assert_eq!(source, CertSource::SelfSigned);
         assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let (with_h2, _) = server_config(dir.path(), true)?;
+        assert_eq!(
+            with_h2.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         Ok(())
     }
 
@@ -313,7 +323,9 @@ mod tests {
             rcgen::CertificateParams::new(vec!["metrics.example".to_owned()])?.self_signed(&key)?;
         std::fs::write(dir.path().join(CERT_FILE), cert.pem())?;
 
-        let lone = server_config(dir.path()).err().map(|e| e.to_string());
+        let lone = server_config(dir.path(), false)
+            .err()
+            .map(|e| e.to_string());
         assert!(
             lone.as_deref()
                 .is_some_and(|m| m.contains("tls.key does not")),
@@ -321,7 +333,7 @@ mod tests {
         );
 
         std::fs::write(dir.path().join(KEY_FILE), key.serialize_pem())?;
-        let (_, source) = server_config(dir.path())?;
+        let (_, source) = server_config(dir.path(), false)?;
         assert_eq!(source, CertSource::Files(dir.path().to_owned()));
         Ok(())
     }
@@ -336,7 +348,9 @@ mod tests {
             rcgen::CertificateParams::new(vec!["metrics.example".to_owned()])?.self_signed(&key)?;
         std::fs::write(dir.path().join(CERT_FILE), cert.pem())?;
         std::fs::write(dir.path().join(KEY_FILE), other.serialize_pem())?;
-        let err = server_config(dir.path()).err().map(|e| e.to_string());
+        let err = server_config(dir.path(), false)
+            .err()
+            .map(|e| e.to_string());
         assert!(
             err.as_deref().is_some_and(|m| m.contains("usable pair")),
             "{err:?}"

@@ -1,4 +1,5 @@
-//! Rego initialization policies, evaluated with regorus before the run Pod exists.
+//! The regorus side of initialization policies, run only inside the policy evaluator child
+//! (see [`super::child`]): compile a policy, evaluate its `deny` rule.
 //!
 //! A policy is compiled once: parsed (as Rego v1, or v0 as in the seed's example), analysed and
 //! prepared for `data.spacelift.deny`. Each evaluation clones the prepared engine (a few
@@ -6,92 +7,45 @@
 //! that goes wrong while evaluating denies the run (fail closed).
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
-use serde::{Deserialize, Serialize};
+
+use super::{PolicyError, PolicyEvalError, RegoVersion};
 
 /// The package initialization policies declare, as in Spacelift.
 pub const PACKAGE: &str = "data.spacelift";
 /// The rule whose messages deny a run.
 pub const DENY_RULE: &str = "data.spacelift.deny";
 
-/// Which Rego syntax a policy is written in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegoVersion {
-    /// Rego v1 first; if that fails to parse, Rego v0 (the seed's `deny["..."] { ... }`).
-    #[default]
-    Auto,
-    V0,
-    V1,
-}
-
-/// Why a policy could not be compiled. The caller adds where the policy came from.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{0}")]
-    Syntax(String),
-    #[error(
-        "the policy declares {found}, but initialization policies must declare `package spacelift`"
-    )]
-    Package { found: String },
-    #[error("the policy cannot be prepared: {0}")]
-    Prepare(String),
-}
-
-/// Why an evaluation failed. Every failure denies the run.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyEvalError {
-    #[error(
-        "evaluation took longer than {} ms (the policy time limit); the run is denied",
-        limit.as_millis()
-    )]
-    Timeout { limit: Duration },
-    #[error("evaluation failed: {0}; the run is denied")]
-    Failed(String),
-}
-
-impl PolicyEvalError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PolicyEvalError::Timeout { .. } => "timeout",
-            PolicyEvalError::Failed(_) => "error",
-        }
-    }
-}
-
-/// A compiled initialization policy.
+/// A compiled initialization policy, ready to be evaluated.
 #[derive(Clone)]
-pub struct Policy {
+pub struct Compiled {
     name: String,
-    engine: Arc<Engine>,
+    engine: Engine,
     /// Whether the policy declares a `deny` rule; without one it denies nothing. Decided at
     /// compile time so that no evaluation error is ever mistaken for "no rule".
     has_deny: bool,
     version: RegoVersion,
-    timeout: Duration,
 }
 
-impl std::fmt::Debug for Policy {
+impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
+        f.debug_struct("Compiled")
             .field("name", &self.name)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
 
-impl Policy {
+impl Compiled {
     /// Parses and prepares `source`. `file` is the name used in syntax error positions.
     pub fn compile(
         name: &str,
         file: &str,
         source: &str,
         version: RegoVersion,
-        timeout: Duration,
     ) -> Result<Self, PolicyError> {
         let (mut engine, version) = match version {
             RegoVersion::V0 | RegoVersion::V1 => (parse(file, source, version)?, version),
@@ -114,10 +68,6 @@ impl Policy {
                 .unwrap_or_else(|| "no package".into());
             return Err(PolicyError::Package { found });
         }
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: timeout,
-            check_interval: NonZeroU32::MIN,
-        });
         // Analyse and schedule the policy now, once, so each evaluation clones a prepared
         // engine. A policy without a `deny` rule is fine: it denies nothing.
         let has_deny = engine
@@ -130,15 +80,10 @@ impl Policy {
         }
         Ok(Self {
             name: name.to_string(),
-            engine: Arc::new(engine),
+            engine,
             has_deny,
             version,
-            timeout,
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The syntax the policy was parsed with.
@@ -146,28 +91,36 @@ impl Policy {
         self.version
     }
 
-    /// Evaluates `deny` for `input` and returns its messages (empty: allowed). A policy without
-    /// a `deny` rule allows without being evaluated; with one, every evaluation error denies.
-    pub fn evaluate(&self, input: &serde_json::Value) -> Result<Vec<String>, PolicyEvalError> {
+    /// Whether the policy has a `deny` rule (without one it allows every run).
+    pub fn has_deny(&self) -> bool {
+        self.has_deny
+    }
+
+    /// Evaluates `deny` for `input` (a JSON document) within `timeout` and returns its
+    /// messages (empty: allowed). Every evaluation error denies.
+    pub fn evaluate(&self, input: &str, timeout: Duration) -> Result<Vec<String>, PolicyEvalError> {
         if !self.has_deny {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let mut engine = (*self.engine).clone();
-        engine.set_input(Value::from(input.clone()));
-        let result = engine.eval_rule(DENY_RULE.to_string());
-        match result {
-            Ok(value) => {
-                deny_messages(&self.name, value).map_err(|e| PolicyEvalError::Failed(e.to_string()))
-            }
+        let mut engine = self.engine.clone();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: NonZeroU32::MIN,
+        });
+        let input = Value::from_json_str(input)
+            .map_err(|e| PolicyEvalError::Failed(format!("the input is not JSON: {e}")))?;
+        engine.set_input(input);
+        match engine.eval_rule(DENY_RULE.to_string()) {
+            Ok(value) => deny_messages(&self.name, value).map_err(PolicyEvalError::Failed),
             Err(e) => {
                 let text = format!("{e:#}");
-                if started.elapsed() >= self.timeout
+                if started.elapsed() >= timeout
                     || e.downcast_ref::<regorus::LimitError>()
                         .is_some_and(|l| matches!(l, regorus::LimitError::TimeLimitExceeded { .. }))
                 {
                     Err(PolicyEvalError::Timeout {
-                        limit: self.timeout,
+                        limit_millis: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     })
                 } else {
                     Err(PolicyEvalError::Failed(one_line(&text)))
@@ -245,21 +198,19 @@ mod tests {
 
     const SEED: &str = "package spacelift\n\ndeny[\"you shall not pass\"] {\n    false\n}\n";
 
-    fn compile(source: &str) -> Result<Policy, PolicyError> {
-        Policy::compile(
-            "test",
-            "test.rego",
-            source,
-            RegoVersion::Auto,
-            Duration::from_millis(200),
-        )
+    fn compile(source: &str) -> Result<Compiled, PolicyError> {
+        Compiled::compile("test", "test.rego", source, RegoVersion::Auto)
+    }
+
+    fn eval(policy: &Compiled, input: serde_json::Value) -> Result<Vec<String>, PolicyEvalError> {
+        policy.evaluate(&input.to_string(), Duration::from_millis(200))
     }
 
     #[test]
     fn the_seed_policy_is_v0_and_allows() {
         let policy = compile(SEED).unwrap();
         assert_eq!(policy.version(), RegoVersion::V0);
-        assert_eq!(policy.evaluate(&json!({})).unwrap(), Vec::<String>::new());
+        assert_eq!(eval(&policy, json!({})).unwrap(), Vec::<String>::new());
     }
 
     #[test]
@@ -268,15 +219,11 @@ mod tests {
         let v1 = "package spacelift\ndeny contains \"a\" if input.run.stage == \"planning\"\ndeny contains \"b\" if true";
         for source in [v0, v1] {
             let policy = compile(source).unwrap();
-            let mut reasons = policy
-                .evaluate(&json!({"run": {"stage": "planning"}}))
-                .unwrap();
+            let mut reasons = eval(&policy, json!({"run": {"stage": "planning"}})).unwrap();
             reasons.sort();
             assert_eq!(reasons, ["a", "b"]);
             assert_eq!(
-                policy
-                    .evaluate(&json!({"run": {"stage": "applying"}}))
-                    .unwrap(),
+                eval(&policy, json!({"run": {"stage": "applying"}})).unwrap(),
                 ["b"]
             );
         }
@@ -308,12 +255,12 @@ mod tests {
     #[test]
     fn a_policy_without_deny_allows() {
         let policy = compile("package spacelift\nallow := true").unwrap();
-        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+        assert!(eval(&policy, json!({})).unwrap().is_empty());
         // Decided at compile time: its other rules are never evaluated, even broken ones.
         let policy = compile("package spacelift\nimport rego.v1\nbroken := 1 / 0").unwrap();
-        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+        assert!(eval(&policy, json!({})).unwrap().is_empty());
         let policy = compile("package spacelift\nimport rego.v1\ndefault deny := false").unwrap();
-        assert!(policy.evaluate(&json!({})).unwrap().is_empty());
+        assert!(eval(&policy, json!({})).unwrap().is_empty());
     }
 
     #[test]
@@ -325,7 +272,7 @@ mod tests {
         )
         .unwrap();
         for note in ["not found", "not a valid rule path", "x"] {
-            let err = policy.evaluate(&json!({"note": note})).unwrap_err();
+            let err = eval(&policy, json!({"note": note})).unwrap_err();
             assert_eq!(err.kind(), "error");
             assert_eq!(
                 err.to_string(),
@@ -336,22 +283,17 @@ mod tests {
         }
         let policy =
             compile("package spacelift\nimport rego.v1\ndeny contains \"x\" if 1 / 0 > 0").unwrap();
-        assert!(policy.evaluate(&json!({})).is_err());
+        assert!(eval(&policy, json!({})).is_err());
     }
 
     #[test]
     fn a_looping_policy_times_out() {
         let source = "package spacelift\ndeny contains \"never\" if {\n  some i in numbers.range(1, 20000)\n  some j in numbers.range(1, 20000)\n  i * j < 0\n}";
-        let policy = Policy::compile(
-            "loop",
-            "loop.rego",
-            source,
-            RegoVersion::Auto,
-            Duration::from_millis(50),
-        )
-        .unwrap();
+        let policy = Compiled::compile("loop", "loop.rego", source, RegoVersion::Auto).unwrap();
         let started = Instant::now();
-        let err = policy.evaluate(&json!({})).unwrap_err();
+        let err = policy
+            .evaluate("{}", Duration::from_millis(50))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "evaluation took longer than 50 ms (the policy time limit); the run is denied"
