@@ -4,6 +4,12 @@
 mod broker;
 mod support;
 
+#[path = "e2e/autoscale.rs"]
+mod autoscale;
+#[path = "e2e/leader.rs"]
+mod leader;
+#[path = "e2e/reports.rs"]
+mod reports;
 #[path = "e2e/stack.rs"]
 mod stack;
 
@@ -14,20 +20,17 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use ulid::Ulid;
-use workerpool_operator::backend::state::StateDir;
 use workerpool_operator::controller::FINALIZER;
 use workerpool_operator::crd::{
     ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool,
     WorkerSpec, WorkerState,
 };
-use workerpool_operator::credentials::BrokerUrl;
-use workerpool_operator::link::{BackendEndpoint, BackendLink, LinkOptions};
 use workerpool_operator::protocol::{Body, Message, RunSchedule};
 
 use stack::{Stack, WAIT, pool_yaml};
 use support::{Finish, Outcome, wait_for};
 
-const RUNNER: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
+pub const RUNNER: &str = "public.ecr.aws/spacelift/runner-terraform:latest";
 
 fn seed(name: &str) -> String {
     let path = support::repo_root().join("tests/fixtures/seed").join(name);
@@ -208,19 +211,23 @@ async fn run_outcomes_are_reported_with_their_cause() -> anyhow::Result<()> {
             "{:?} lacks {message:?}",
             ended.message
         );
-        let kept = stack.pods().get_opt(&pod.name_any()).await?;
         if *state == "succeeded" {
             stack
                 .wait_pod_gone("the successful Pod deleted", &pod.name_any())
                 .await?;
         } else {
-            let kept = kept.expect("failed Pods are kept for debugging");
-            assert_eq!(
-                kept.annotations()
+            // The outcome annotation says the report was sent, so it follows the report.
+            let pods = stack.pods();
+            let marked = wait_for("the failed Pod marked with its outcome", WAIT, || async {
+                let kept = pods.get_opt(&pod.name_any()).await?;
+                let kept = kept.expect("failed Pods are kept for debugging");
+                Ok(kept
+                    .annotations()
                     .get("workers.spacelift.io/outcome")
-                    .map(String::as_str),
-                Some("failed")
-            );
+                    .cloned())
+            })
+            .await?;
+            assert_eq!(marked, "failed");
         }
     }
     wait_for("every worker IDLE again", WAIT, || async {
@@ -475,11 +482,12 @@ async fn a_schedule_redelivered_after_its_run_ended_creates_no_second_pod() -> a
         attempt: ended.attempt,
         runner_image: ended.runner_image.clone(),
         launcher_image: ended.launcher_image.clone(),
-        run_timeout_seconds: None,
-        logs_timeout_seconds: None,
-        metadata: Default::default(),
+        ..RunSchedule::default()
     };
-    publish_as_backend(&stack, pool_ulid.parse()?, worker, schedule).await?;
+    let message = Message::for_worker(worker, Body::RunSchedule(schedule));
+    stack
+        .publish_as_backend(pool_ulid.parse()?, &message)
+        .await?;
 
     let answer = wait_for(
         "the operator to answer the schedule again",
@@ -516,77 +524,6 @@ async fn a_schedule_redelivered_after_its_run_ended_creates_no_second_pod() -> a
         Some(WorkerState::Idle),
         "the worker did not take the finished run again"
     );
-    stack.ns.cleanup().await
-}
-
-/// Publishes a schedule to a worker as the backend does: with the backend's certificate, under
-/// a client id of its own (the running backend keeps its session).
-async fn publish_as_backend(
-    stack: &Stack,
-    pool: Ulid,
-    worker: Ulid,
-    schedule: RunSchedule,
-) -> anyhow::Result<()> {
-    let state = StateDir::new(&stack.broker.state_dir);
-    let endpoint = BackendEndpoint {
-        broker: BrokerUrl::parse(&stack.broker.url).map_err(anyhow::Error::msg)?,
-        tls: Some(state.backend_tls()?),
-        namespace: state.config()?.topic_namespace,
-    };
-    let options = LinkOptions {
-        client_id: Some(format!("e2e-{}", Ulid::generate())),
-        session_expiry: Duration::ZERO,
-        ..LinkOptions::default()
-    };
-    let (link, _inbound) = BackendLink::connect(&endpoint, options)?;
-    link.wait_connected(WAIT).await?;
-    let message = Message::for_worker(worker, Body::RunSchedule(schedule));
-    link.publish(pool, &message).await?;
-    link.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test]
-async fn with_two_replicas_only_the_leader_acts() -> anyhow::Result<()> {
-    let mut stack = Stack::new("e2e-leader").await?;
-    stack.create_credentials("led", "led")?;
-    let lease_ns = format!("--leader-election-namespace={}", stack.ns.name);
-    stack.start_operator(&["--leader-elect", &lease_ns])?;
-    let mut second = stack::Replica::start(&stack, &["--leader-elect", &lease_ns])?;
-    stack.apply(&pool_yaml("led", "led", 2, ""))?;
-    stack.wait_registered("led", 2).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        stack.worker_list().await?.len(),
-        2,
-        "exactly poolSize workers, not one set per replica"
-    );
-
-    let lease = stack.ns.kubectl([
-        "get",
-        "lease",
-        "workerpool-operator-leader",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])?;
-    assert!(!lease.is_empty());
-    let first_leads = stack.operator_log().contains("became leader");
-    assert_ne!(
-        first_leads,
-        second.log().contains("became leader"),
-        "exactly one replica leads"
-    );
-    if first_leads {
-        stack.kill_operator();
-    } else {
-        second.kill();
-    }
-    let run = stack.submit("led", RUNNER, &[]).await?;
-    let pod = stack.wait_run_pod(&run.id).await?;
-    stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
-    stack.wait_run(&run.id, "succeeded").await?;
-    assert_eq!(stack.worker_list().await?.len(), 2);
-    second.kill();
     stack.ns.cleanup().await
 }
 
@@ -646,21 +583,10 @@ async fn hooks_change_or_refuse_run_pods_before_they_exist() -> anyhow::Result<(
       settings:
         labels:
           spacelift.io/stack: "{run.metadata.stack}"
-  pod:
-    volumes:
-      - name: initialization-policy
-        configMap:
-          name: hooked-initialization-policy
-    initContainer:
-      volumeMounts:
-        - name: initialization-policy
-          mountPath: "/opt/spacelift/policies/initialization"
-          readOnly: true
-      env:
-        - name: "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY"
-          value: "/opt/spacelift/policies/initialization/initialization-policy.rego"
-"#;
-    stack.apply(&pool_yaml("hooked", "hooked", 1, hooks))?;
+"#
+    .to_string()
+        + &stack::initialization_policy_yaml("hooked-initialization-policy");
+    stack.apply(&pool_yaml("hooked", "hooked", 1, &hooks))?;
     stack.wait_registered("hooked", 1).await?;
     let pool = stack.pools().get("hooked").await?;
     let hooks_ready = pool

@@ -11,7 +11,7 @@
 //! the comparison.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
@@ -19,6 +19,7 @@ use aws_lc_rs::signature::KeyPair as _;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use super::lock;
 use crate::credentials::pem_encode;
 
 /// An RSA key pair in PEM: PKCS#8 private key, SubjectPublicKeyInfo public key.
@@ -40,8 +41,10 @@ impl std::fmt::Debug for WorkerKey {
 pub enum KeyError {
     #[error("generating an RSA key pair failed")]
     Generate,
-    #[error("the key generation task failed: {0}")]
-    Task(String),
+    #[error("the key generation task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("the key generation queue was dropped")]
+    QueueDropped,
 }
 
 /// Generates one RSA-2048 key pair. Blocking: call it off the async runtime.
@@ -140,16 +143,9 @@ impl KeySource {
 async fn generate_on(core: Slot) -> Result<WorkerKey, KeyError> {
     let key = tokio::task::spawn_blocking(generate_worker_key)
         .await
-        .map_err(|e| KeyError::Task(e.to_string()));
+        .map_err(KeyError::Task);
     drop(core);
     key?
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves whole values behind: still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A fixed number of slots shared in turns: when one frees, it goes to the next pool in line
@@ -208,9 +204,7 @@ impl FairSlots {
         };
         // A waiter that gives up drops `granted`; a slot sent to it meanwhile is dropped
         // with it, which passes it on.
-        granted
-            .await
-            .map_err(|_| KeyError::Task("the key generation queue was dropped".into()))
+        granted.await.map_err(|_| KeyError::QueueDropped)
     }
 
     /// A slot if one is free and no pool is waiting.

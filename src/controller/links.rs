@@ -1,17 +1,19 @@
 //! One backend link per pool: connected when the pool's credentials decode, replaced when the
-//! Secret changes or (after a backoff) when its first connection failed, and drained by a
-//! dispatcher that hands every inbound message to [`super::runs`] and acknowledges it only once
-//! it has been handled.
+//! Secret changes or (after a backoff) when its first connection failed. Each link has one
+//! dispatcher task ([`super::dispatch`]), started by the caller of [`LinkManager::ensure`] and
+//! stopped here: on shutdown or replacement it finishes the messages it is handling (for a
+//! while) before the link closes, so nothing acts after the process gave up its work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use ulid::Ulid;
 
-use super::{Context, Error};
+use super::error::Error;
+use super::lock;
 use crate::credentials::Credentials;
 use crate::link::{Inbound, LinkError, LinkOptions, LinkState, PoolLink};
 use crate::protocol::Message;
@@ -29,13 +31,34 @@ impl std::fmt::Display for PoolKey {
     }
 }
 
+/// Where a pool's messages go.
+enum Outbound {
+    Mqtt(PoolLink),
+    /// Kept in memory, for the reconciler tests.
+    #[cfg(test)]
+    Recorded(Recorder),
+}
+
+/// The messages a test pool sent, and a switch that makes its sends fail.
+#[cfg(test)]
+#[derive(Clone)]
+pub struct Recorder {
+    pub sent: Arc<Mutex<Vec<Message>>>,
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// `kind/error` of every message given up for good.
+    pub abandoned: Arc<Mutex<Vec<String>>>,
+    state: Arc<watch::Sender<LinkState>>,
+}
+
 /// A pool's live link.
 pub struct PoolHandle {
     pub key: PoolKey,
     pub pool_id: Ulid,
-    pub link: PoolLink,
+    outbound: Outbound,
     fingerprint: u64,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
+    /// Tells the dispatcher to stop taking messages.
+    stop: watch::Sender<bool>,
     /// Links before this one that failed their first connection, in a row.
     failures: u32,
     /// When this link gave up its first connection ([`LinkState::Failed`]).
@@ -43,13 +66,107 @@ pub struct PoolHandle {
 }
 
 impl PoolHandle {
+    fn new(key: PoolKey, pool_id: Ulid, outbound: Outbound, fingerprint: u64) -> Self {
+        Self {
+            key,
+            pool_id,
+            outbound,
+            fingerprint,
+            dispatcher: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            failures: 0,
+            failed_at: Mutex::new(None),
+        }
+    }
+
+    /// A pool whose messages are recorded, for tests.
+    #[cfg(test)]
+    pub fn recorded(key: PoolKey, pool_id: Ulid) -> (Arc<Self>, Recorder) {
+        let recorder = Recorder {
+            sent: Arc::default(),
+            failing: Arc::default(),
+            abandoned: Arc::default(),
+            state: Arc::new(watch::Sender::new(LinkState::Connected {
+                session_present: true,
+            })),
+        };
+        let handle = Self::new(key, pool_id, Outbound::Recorded(recorder.clone()), 0);
+        (Arc::new(handle), recorder)
+    }
+
     /// Publishes a message to the backend.
     pub async fn publish(&self, message: &Message) -> Result<(), LinkError> {
-        self.link.publish(message).await
+        match &self.outbound {
+            Outbound::Mqtt(link) => link.publish(message).await,
+            #[cfg(test)]
+            Outbound::Recorded(recorder) => {
+                if recorder.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(LinkError::Failed("the test broker is down".into()));
+                }
+                lock(&recorder.sent).push(message.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// [`PoolHandle::publish`], its failure named for the controller.
+    pub async fn send(&self, message: &Message) -> Result<(), Error> {
+        self.publish(message)
+            .await
+            .map_err(|source| Error::Publish {
+                kind: message.body.kind(),
+                pool: self.key.to_string(),
+                source,
+            })
+    }
+
+    /// Counts an inbound message of `kind` given up for good with `error` (its metric label)
+    /// and acknowledged anyway.
+    pub fn count_abandoned(&self, kind: &str, error: &str) {
+        match &self.outbound {
+            Outbound::Mqtt(link) => link.count_abandoned(kind, error),
+            #[cfg(test)]
+            Outbound::Recorded(recorder) => {
+                lock(&recorder.abandoned).push(format!("{kind}/{error}"))
+            }
+        }
     }
 
     pub fn state(&self) -> LinkState {
-        self.link.state().borrow().clone()
+        self.state_changes().borrow().clone()
+    }
+
+    /// The link's state, watched.
+    pub fn state_changes(&self) -> watch::Receiver<LinkState> {
+        match &self.outbound {
+            Outbound::Mqtt(link) => link.state(),
+            #[cfg(test)]
+            Outbound::Recorded(recorder) => recorder.state.subscribe(),
+        }
+    }
+
+    /// Whether the dispatcher was told to stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops the dispatcher (it finishes what it handles, within its grace), then closes the
+    /// link: unacknowledged messages stay with the broker for the next connection.
+    async fn close(self: Arc<Self>) {
+        self.stop.send_replace(true);
+        let task = lock(&self.dispatcher).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        // Something may still hold the handle (a reconciler sending a report); the link then
+        // closes when the last holder drops it.
+        if let Ok(handle) = Arc::try_unwrap(self) {
+            match handle.outbound {
+                Outbound::Mqtt(link) => link.shutdown().await,
+                #[cfg(test)]
+                Outbound::Recorded(_) => {}
+            }
+        }
     }
 }
 
@@ -64,10 +181,16 @@ pub enum LinkSetupError {
     Link(#[from] LinkError),
 }
 
+/// Starts a link's dispatcher: the handle, its inbound messages; returns the task.
+pub type StartDispatcher<'a> =
+    &'a dyn Fn(Arc<PoolHandle>, mpsc::Receiver<Inbound>) -> JoinHandle<()>;
+
 #[derive(Clone, Default)]
 pub struct LinkManager {
     pools: Arc<Mutex<HashMap<PoolKey, Arc<PoolHandle>>>>,
     template: Arc<Mutex<LinkOptions>>,
+    /// Every dispatcher started, to abort them all when a shutdown runs out of time.
+    dispatchers: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl LinkManager {
@@ -75,17 +198,19 @@ impl LinkManager {
         Self {
             pools: Arc::default(),
             template: Arc::new(Mutex::new(template)),
+            dispatchers: Arc::default(),
         }
     }
 
-    /// The pool's link, connecting (or reconnecting with new credentials) as needed. A link
-    /// whose first connection failed is replaced by a fresh one once it has been failed for
-    /// [`retry_failed_link_after`] (growing with each failed link in a row).
+    /// The pool's link, connecting (or reconnecting with new credentials) as needed, its
+    /// dispatcher started with `start`. A link whose first connection failed is replaced by a
+    /// fresh one once it has been failed for [`retry_failed_link_after`] (growing with each
+    /// failed link in a row).
     pub fn ensure(
         &self,
-        ctx: &Arc<Context>,
         key: &PoolKey,
         credentials: &Credentials,
+        start: StartDispatcher<'_>,
     ) -> Result<Arc<PoolHandle>, LinkSetupError> {
         let fingerprint = credentials_fingerprint(credentials);
         let mut pools = lock(&self.pools);
@@ -114,22 +239,26 @@ impl LinkManager {
         }
         let options = lock(&self.template).clone();
         let (link, inbound) = PoolLink::connect(credentials, options)?;
-        let handle = Arc::new(PoolHandle {
-            key: key.clone(),
-            pool_id: credentials.pool_id,
-            link,
+        let mut handle = PoolHandle::new(
+            key.clone(),
+            credentials.pool_id,
+            Outbound::Mqtt(link),
             fingerprint,
-            dispatcher: Mutex::new(None),
-            failures,
-            failed_at: Mutex::new(None),
-        });
-        let task = tokio::spawn(dispatch(ctx.clone(), handle.clone(), inbound));
+        );
+        handle.failures = failures;
+        let handle = Arc::new(handle);
+        let task = start(handle.clone(), inbound);
+        {
+            let mut dispatchers = lock(&self.dispatchers);
+            dispatchers.retain(|d| !d.is_finished());
+            dispatchers.push(task.abort_handle());
+        }
         *lock(&handle.dispatcher) = Some(task);
         if let Some(old) = pools.insert(key.clone(), handle.clone()) {
             if old.fingerprint != fingerprint {
                 tracing::info!(pool = %key, "pool credentials changed: replacing its backend link");
             }
-            retire(old);
+            tokio::spawn(old.close());
         }
         Ok(handle)
     }
@@ -146,10 +275,16 @@ impl LinkManager {
             .cloned()
     }
 
+    /// Adds a link made elsewhere (a test's recorded pool).
+    #[cfg(test)]
+    pub fn insert(&self, handle: Arc<PoolHandle>) {
+        lock(&self.pools).insert(handle.key.clone(), handle);
+    }
+
     /// Drops a pool's link (its WorkerPool and Workers are gone).
     pub fn remove(&self, key: &PoolKey) {
         if let Some(old) = lock(&self.pools).remove(key) {
-            retire(old);
+            tokio::spawn(old.close());
         }
     }
 
@@ -165,16 +300,18 @@ impl LinkManager {
         lock(&self.pools).keys().cloned().collect()
     }
 
-    /// Closes every link (graceful shutdown): unacknowledged messages stay with the broker.
+    /// Closes every link (graceful shutdown): each dispatcher finishes or abandons what it
+    /// handles first, so that no handler still acts when this returns.
     pub async fn shutdown(&self) {
         let handles: Vec<_> = lock(&self.pools).drain().map(|(_, h)| h).collect();
-        for handle in handles {
-            if let Some(task) = lock(&handle.dispatcher).take() {
-                task.abort();
-            }
-            if let Ok(handle) = Arc::try_unwrap(handle) {
-                handle.link.shutdown().await;
-            }
+        futures::future::join_all(handles.into_iter().map(PoolHandle::close)).await;
+    }
+
+    /// Aborts every dispatcher and, with it, the messages it is handling: for a shutdown that
+    /// ran out of time, before this process gives up its leadership.
+    pub fn abort_dispatchers(&self) {
+        for dispatcher in lock(&self.dispatchers).drain(..) {
+            dispatcher.abort();
         }
     }
 }
@@ -192,22 +329,10 @@ fn retry_failed_link_after(failures: u32) -> Duration {
 }
 
 /// Remembers when a link gave up its first connection.
-fn record_failure(handle: &PoolHandle, state: &LinkState) {
+pub fn record_failure(handle: &PoolHandle, state: &LinkState) {
     if matches!(state, LinkState::Failed { .. }) {
         lock(&handle.failed_at).get_or_insert_with(Instant::now);
     }
-}
-
-fn retire(handle: Arc<PoolHandle>) {
-    if let Some(task) = lock(&handle.dispatcher).take() {
-        task.abort();
-    }
-    tokio::spawn(async move {
-        // In-flight handlers may still hold the handle; the link closes with the last of them.
-        if let Ok(handle) = Arc::try_unwrap(handle) {
-            handle.link.shutdown().await;
-        }
-    });
 }
 
 fn credentials_fingerprint(credentials: &Credentials) -> u64 {
@@ -223,160 +348,6 @@ fn credentials_fingerprint(credentials: &Credentials) -> u64 {
     hasher.finish()
 }
 
-/// Drains a pool's inbound messages. Messages are handled concurrently, except that one
-/// worker's messages are handled one after the other in the order they arrived (see [`Turns`]):
-/// a `run.stop` never overtakes its `run.schedule`. Each is acknowledged after its handler
-/// finishes, so a crash mid-way leaves it with the broker for redelivery. Each (re)connection
-/// re-sends every worker's state so the backend can reconcile.
-async fn dispatch(
-    ctx: Arc<Context>,
-    pool: Arc<PoolHandle>,
-    mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
-) {
-    let limit = Arc::new(Semaphore::new(ctx.config.run_concurrency.max(1)));
-    let mut turns = Turns::default();
-    let mut state = pool.link.state();
-    let mut heartbeat = tokio::time::interval(ctx.config.heartbeat);
-    heartbeat.tick().await;
-    loop {
-        tokio::select! {
-            delivery = inbound.recv() => {
-                let Some(delivery) = delivery else { break };
-                // Taken here, in arrival order; the handler waits for it before anything else.
-                let (previous, done) = match delivery.message.worker {
-                    Some(worker) => turns.take(worker),
-                    None => (None, None),
-                };
-                let (ctx, pool, limit) = (ctx.clone(), pool.clone(), limit.clone());
-                tokio::spawn(async move {
-                    if let Some(previous) = previous {
-                        // Ok or Closed: either way the previous message is done with.
-                        let _ = previous.await;
-                    }
-                    let Ok(_permit) = limit.acquire_owned().await else { return };
-                    handle_and_acknowledge(&ctx, &pool, delivery).await;
-                    drop(done);
-                });
-            }
-            changed = state.changed() => {
-                if changed.is_err() {
-                    record_failure(&pool, &state.borrow());
-                    break;
-                }
-                let current = state.borrow_and_update().clone();
-                record_failure(&pool, &current);
-                if current.is_connected() {
-                    republish_states(&ctx, &pool, true).await;
-                }
-            }
-            _ = heartbeat.tick() => {
-                turns.prune();
-                republish_states(&ctx, &pool, false).await;
-            }
-        }
-    }
-    tracing::debug!(pool = %pool.key, "dispatcher stopped");
-}
-
-/// Handles one message, retrying transient failures (the API server or the link briefly
-/// unavailable, a conflict) with capped backoff for up to [`RETRY_FOR`], then acknowledges it.
-/// A message that still fails stays unacknowledged, and the broker redelivers it after the
-/// next reconnect.
-async fn handle_and_acknowledge(ctx: &Arc<Context>, pool: &Arc<PoolHandle>, delivery: Inbound) {
-    let kind = delivery.message.body.kind();
-    let started = Instant::now();
-    let mut attempt: u32 = 0;
-    let result = loop {
-        let result = super::runs::handle(ctx, pool, &delivery.message).await;
-        let Err(err) = &result else { break result };
-        ctx.metrics
-            .reconcile_errors
-            .with_label_values(&["message", err.metric_label()])
-            .inc();
-        attempt += 1;
-        let delay = RETRY_BACKOFF.next_delay(attempt);
-        if !transient(err) || started.elapsed() + delay > RETRY_FOR {
-            break result;
-        }
-        tracing::warn!(pool = %pool.key, %kind, error = %err, attempt, retry_in = ?delay, "handling a backend message failed; retrying");
-        tokio::time::sleep(delay).await;
-    };
-    match result {
-        Ok(()) => {
-            if let Err(err) = delivery.ack().await {
-                tracing::warn!(pool = %pool.key, %kind, error = %err, "could not acknowledge a handled message; it will be redelivered and handled idempotently");
-            }
-        }
-        Err(err) => {
-            tracing::error!(pool = %pool.key, %kind, error = %err, attempts = attempt, "handling a backend message failed; it stays unacknowledged for redelivery after the next reconnect");
-        }
-    }
-}
-
-/// Delays between attempts at handling one message.
-const RETRY_BACKOFF: crate::link::Backoff = crate::link::Backoff {
-    initial: Duration::from_millis(500),
-    max: Duration::from_secs(30),
-    jitter: 0.5,
-};
-
-/// How long one message is retried before it is left for redelivery.
-const RETRY_FOR: Duration = Duration::from_secs(300);
-
-/// Whether a handler error may go away by itself. Refusals that would only repeat (a request
-/// the API server rejects as invalid or forbidden, a message the link cannot send, objects
-/// missing our labels) are not retried.
-fn transient(err: &Error) -> bool {
-    match err {
-        Error::Kube(kube::Error::Api(status)) => {
-            !(400..500).contains(&status.code) || matches!(status.code, 401 | 408 | 409 | 429)
-        }
-        Error::Kube(_) => true,
-        Error::Link(LinkError::Closed) => false,
-        Error::Link(LinkError::Oversized { .. } | LinkError::Protocol(_)) => false,
-        Error::Link(_) => true,
-        Error::Unlabelled(_) => false,
-        Error::Key(_) | Error::NoLink(_) | Error::Conflict(_) | Error::Hooks(_) => true,
-    }
-}
-
-/// The order of each worker's messages: every message takes a turn on arrival and waits for
-/// the turn before it. A turn ends when its `done` sender is dropped (handled, given up, or
-/// the task aborted), so a failed message never blocks its worker for good.
-#[derive(Default)]
-struct Turns(HashMap<Ulid, oneshot::Receiver<()>>);
-
-impl Turns {
-    /// The end of the worker's previous turn to wait for, and the end of this one.
-    fn take(
-        &mut self,
-        worker: Ulid,
-    ) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
-        let (done, ended) = oneshot::channel();
-        let previous = self.0.insert(worker, ended);
-        (previous, Some(done))
-    }
-
-    /// Forgets workers whose last message is done with.
-    fn prune(&mut self) {
-        self.0.retain(|_, ended| {
-            matches!(ended.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-        });
-    }
-}
-
-async fn republish_states(ctx: &Arc<Context>, pool: &Arc<PoolHandle>, reconnected: bool) {
-    if let Err(err) = super::workers::report_all_states(ctx, pool, reconnected).await {
-        tracing::warn!(pool = %pool.key, error = %err, "could not report worker states to the backend; retrying at the next heartbeat");
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,58 +358,5 @@ mod tests {
             .map(|failures| retry_failed_link_after(failures).as_secs())
             .collect();
         assert_eq!(pauses, [10, 20, 40, 80, 160, 300, 300, 300]);
-    }
-
-    #[test]
-    fn only_transient_failures_are_retried() {
-        let api = |code: u16| {
-            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
-                code,
-                ..kube::core::Status::default()
-            })))
-        };
-        for code in [409, 429, 500, 503] {
-            assert!(transient(&api(code)), "{code}");
-        }
-        for code in [400, 403, 404, 422] {
-            assert!(!transient(&api(code)), "{code}");
-        }
-        assert!(transient(&Error::Conflict("Worker a/b".into())));
-        assert!(!transient(&Error::Link(LinkError::Closed)));
-        assert!(!transient(&Error::Unlabelled("Pod p".into())));
-    }
-
-    #[tokio::test]
-    async fn one_workers_messages_take_their_turns_in_arrival_order() {
-        let mut turns = Turns::default();
-        let (a, b) = (Ulid::generate(), Ulid::generate());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        // The first message of `a` is slow; its second and `b`'s must not overtake it wrongly.
-        for (worker, label, pause) in [(a, "a1", 50), (a, "a2", 0), (b, "b1", 0), (a, "a3", 0)] {
-            let (previous, done) = turns.take(worker);
-            let order = order.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Some(previous) = previous {
-                    let _ = previous.await;
-                }
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                lock(&order).push(label);
-                drop(done);
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let order = lock(&order).clone();
-        let of_a: Vec<&str> = order
-            .iter()
-            .copied()
-            .filter(|l| l.starts_with('a'))
-            .collect();
-        assert_eq!(of_a, ["a1", "a2", "a3"]);
-        assert_eq!(order[0], "b1", "another worker is not held up: {order:?}");
-        turns.prune();
-        assert!(turns.0.is_empty(), "finished turns are forgotten");
     }
 }

@@ -1,5 +1,5 @@
 //! The controller's metrics: the four of the seed, with their exact names and buckets, plus run
-//! start-up latency, run outcomes and reconcile errors.
+//! start-up latency, run outcomes, reconcile errors and the autoscaler's decisions.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -14,6 +14,14 @@ pub struct ControllerMetrics {
     pub run_startup_duration: HistogramVec,
     pub run_outcomes: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
+    /// The poolSize the autoscaler set, per autoscaled pool.
+    pub autoscaling_desired: IntGaugeVec,
+    /// Runs the backend has queued for an autoscaled pool (those waiting on a person too).
+    pub autoscaling_pending: IntGaugeVec,
+    /// Of them, those that can start now.
+    pub autoscaling_schedulable: IntGaugeVec,
+    /// Autoscaling decisions that changed poolSize, by direction (up, down).
+    pub autoscaling_decisions: IntCounterVec,
 }
 
 impl ControllerMetrics {
@@ -26,6 +34,10 @@ impl ControllerMetrics {
         registry.register(Box::new(metrics.run_startup_duration.clone()))?;
         registry.register(Box::new(metrics.run_outcomes.clone()))?;
         registry.register(Box::new(metrics.reconcile_errors.clone()))?;
+        registry.register(Box::new(metrics.autoscaling_desired.clone()))?;
+        registry.register(Box::new(metrics.autoscaling_pending.clone()))?;
+        registry.register(Box::new(metrics.autoscaling_schedulable.clone()))?;
+        registry.register(Box::new(metrics.autoscaling_decisions.clone()))?;
         Ok(metrics)
     }
 
@@ -81,6 +93,34 @@ impl ControllerMetrics {
                 ),
                 &["controller", "error"],
             )?,
+            autoscaling_desired: IntGaugeVec::new(
+                Opts::new(
+                    "workerpool_autoscaling_desired_pool_size",
+                    "The poolSize the autoscaler set",
+                ),
+                &["pool_ulid"],
+            )?,
+            autoscaling_pending: IntGaugeVec::new(
+                Opts::new(
+                    "workerpool_autoscaling_pending_runs",
+                    "Runs queued for the pool, as the backend last said (those waiting on a person too)",
+                ),
+                &["pool_ulid"],
+            )?,
+            autoscaling_schedulable: IntGaugeVec::new(
+                Opts::new(
+                    "workerpool_autoscaling_schedulable_runs",
+                    "Of the pending runs, those that can start now",
+                ),
+                &["pool_ulid"],
+            )?,
+            autoscaling_decisions: IntCounterVec::new(
+                Opts::new(
+                    "workerpool_autoscaling_decisions_total",
+                    "Autoscaling decisions that changed poolSize, by direction",
+                ),
+                &["pool_ulid", "direction"],
+            )?,
         })
     }
 
@@ -88,5 +128,20 @@ impl ControllerMetrics {
     pub fn forget_pool(&self, pool_ulid: &str) {
         let _ = self.worker_idle.remove_label_values(&[pool_ulid]);
         let _ = self.worker_total.remove_label_values(&[pool_ulid]);
+        self.forget_autoscaling(pool_ulid);
+    }
+
+    /// Forgets the autoscaling series of a pool (gone, or no longer autoscaled).
+    pub fn forget_autoscaling(&self, pool_ulid: &str) {
+        let _ = self.autoscaling_desired.remove_label_values(&[pool_ulid]);
+        let _ = self.autoscaling_pending.remove_label_values(&[pool_ulid]);
+        let _ = self
+            .autoscaling_schedulable
+            .remove_label_values(&[pool_ulid]);
+        for direction in ["up", "down"] {
+            let _ = self
+                .autoscaling_decisions
+                .remove_label_values(&[pool_ulid, direction]);
+        }
     }
 }

@@ -1,42 +1,62 @@
 //! The controller: WorkerPools -> Workers -> run Pods, driven by the backend link.
 //!
+//! A run's life is one state machine ([`machine`], pure), walked by [`runs`]: a schedule
+//! arrives ([`runs::schedule`]), a stop arrives ([`runs::stop`]), the run Pod or the Worker
+//! changes ([`runs::drive`]). Each step writes its record on the Worker before its side
+//! effect, so a crash anywhere resumes from the records. Imports go one way:
+//!
+//! ```text
+//! runner ─▶ pools ─▶ dispatch ─▶ messages ─▶ runs ─▶ pods ─▶ workers ─▶ records, machine,
+//!    └──▶ reconcile ─────────────────────────┘                         outcome, history, ...
+//! ```
+//!
 //! - [`pools`] keeps each pool's Workers and status (credentials, scaling, registration);
-//! - [`workers`] creates Workers with their keys, registers and deregisters them;
-//! - [`runs`] handles what the backend sends (schedules, stops, acknowledgements);
-//! - [`pods`] watches run Pods and reports how they ended;
+//! - [`workers`] writes Worker status ([`workers::status`]) and creates, registers and
+//!   retires Workers ([`workers::lifecycle`]);
+//! - [`pods`] creates, marks, deletes and retains run Pods;
+//! - [`dispatch`] hands each pool's inbound messages to [`messages`], in order per worker;
+//! - [`reconcile`] is the Worker and run Pod reconcilers, thin calls into [`runs`];
 //! - [`links`] holds one backend link per pool.
 //!
 //! State lives in the cluster (Worker status, Pods and their annotations), never only in
 //! memory: after a restart everything is rebuilt from there.
 
+pub mod autoscale;
+pub mod context;
+pub mod demand;
+pub mod dispatch;
+pub mod error;
 pub mod history;
 pub mod keys;
 pub mod links;
+pub mod machine;
+pub mod messages;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod pods;
+pub mod pool_credentials;
+pub mod pool_status;
 pub mod pools;
+pub mod reconcile;
+pub mod records;
 mod runner;
 pub mod runs;
-pub mod status;
 pub mod workers;
 
-pub use runner::run;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod layout;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client};
-use thiserror::Error;
-
+pub use context::Context;
+pub use error::{Error, Retry, Step};
 pub use links::{LinkManager, PoolHandle, PoolKey};
 pub use metrics::ControllerMetrics;
+pub use runner::run;
 
-use crate::crd::Worker;
-use crate::hooks::HookRegistry;
 use crate::link::LinkOptions;
 
 /// The field manager of every write.
@@ -67,6 +87,9 @@ pub struct ControllerConfig {
     pub run_concurrency: usize,
     /// How often a pool is reconciled without any change.
     pub resync: Duration,
+    /// How long messages being handled may finish on shutdown before they are abandoned
+    /// (unacknowledged, so redelivered to the next leader or process).
+    pub shutdown_grace: Duration,
     /// Options of every pool's backend link.
     pub link: LinkOptions,
 }
@@ -80,169 +103,16 @@ impl Default for ControllerConfig {
             key_reserve: 4,
             run_concurrency: 32,
             resync: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
             link: LinkOptions::default(),
         }
     }
 }
 
-/// What every reconciler and handler shares.
-pub struct Context {
-    pub client: Client,
-    pub config: ControllerConfig,
-    pub metrics: ControllerMetrics,
-    pub recorder: Recorder,
-    pub links: LinkManager,
-    pub keys: keys::KeySource,
-    pub hooks: Arc<HookRegistry>,
-    started: pods::StartedPods,
-    worker_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        config: ControllerConfig,
-        metrics: ControllerMetrics,
-        hooks: Arc<HookRegistry>,
-    ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: REPORTER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        let keys = keys::KeySource::new(config.key_reserve);
-        // Ready keys make the first Workers of the first scale-out instant.
-        keys.refill();
-        let links = LinkManager::new(config.link.clone());
-        Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            config,
-            metrics,
-            links,
-            keys,
-            hooks,
-            started: pods::StartedPods::default(),
-            worker_locks: Mutex::default(),
-        })
-    }
-
-    /// Serialises the handling of one worker (its run messages and its Pod's outcome), so that
-    /// one worker's state changes never interleave.
-    pub async fn worker_lock(
-        &self,
-        namespace: &str,
-        worker: &str,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.worker_locks.lock().unwrap_or_else(|p| p.into_inner());
-            if locks.len() > 10_000 {
-                locks.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            locks
-                .entry(format!("{namespace}/{worker}"))
-                .or_default()
-                .clone()
-        };
-        lock.lock_owned().await
-    }
-
-    /// Takes the worker's lock and reads the Worker under it: what the caller decides from this
-    /// copy cannot be overtaken by another handler of the same worker while the guard lives.
-    pub async fn locked_worker(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Option<Worker>), Error> {
-        let guard = self.worker_lock(namespace, name).await;
-        let worker = Api::<Worker>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await?;
-        Ok((guard, worker))
-    }
-
-    /// Records an event on an object; failures only log (events are best effort).
-    pub async fn event<K: kube::Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(reason, error = %err, "could not record an event");
-        }
-    }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-/// Why a reconciliation or a message handler failed. Each is retried.
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("worker key: {0}")]
-    Key(#[from] keys::KeyError),
-    #[error("backend link: {0}")]
-    Link(#[from] crate::link::LinkError),
-    #[error("pool {0} has no backend link (its credentials have not been accepted)")]
-    NoLink(String),
-    #[error("{0} kept changing while being updated")]
-    Conflict(String),
-    #[error("{0}: it was not made by this operator, or someone changed its labels")]
-    Unlabelled(String),
-    #[error("hook pipeline task failed: {0}")]
-    Hooks(String),
-}
-
-impl Error {
-    /// A short label for the reconcile error metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::Key(_) => "key",
-            Error::Link(_) => "link",
-            Error::NoLink(_) => "no_link",
-            Error::Conflict(_) => "conflict",
-            Error::Unlabelled(_) => "unlabelled",
-            Error::Hooks(_) => "hooks",
-        }
-    }
-}
-
-/// Whether a Kubernetes error is a 404.
-pub fn is_not_found(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.code == 404)
-}
-
-/// A write whose object may already be gone: NotFound counts as done.
-pub fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Whether a Kubernetes error is a 409 (already exists, or a stale resourceVersion).
-pub fn is_conflict(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.code == 409)
+/// The value behind `mutex`. A panic while holding one of the controller's locks leaves whole
+/// values behind (each is replaced, never half-written): still usable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -46,7 +46,7 @@ pub struct Ending {
 
 /// What a run Pod's status says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum PodProgress {
     /// Still starting or running; look again after `recheck` if set (a wait may run out).
     InProgress { recheck: Option<Duration> },
     /// The run stage attempt is over.
@@ -54,7 +54,7 @@ pub enum Verdict {
 }
 
 /// Reads a run Pod's status at `now`.
-pub fn classify(pod: &Pod, now: Timestamp, waits: &Waits) -> Verdict {
+pub fn classify(pod: &Pod, now: Timestamp, waits: &Waits) -> PodProgress {
     let status = pod.status.clone().unwrap_or_default();
     let init = status
         .init_container_statuses
@@ -69,6 +69,14 @@ pub fn classify(pod: &Pod, now: Timestamp, waits: &Waits) -> Verdict {
         .map(|t| now.duration_since(t.0).unsigned_abs())
         .unwrap_or_default();
 
+    // The pod garbage collector fails and removes the Pods of a node that no longer exists.
+    if deleted_with_its_node(pod) {
+        return failed(
+            FailureCause::NodeLost,
+            "the run Pod's node no longer exists".into(),
+            exit_code(worker),
+        );
+    }
     if pod.metadata.deletion_timestamp.is_some() {
         return failed(
             FailureCause::PodDeleted,
@@ -130,7 +138,7 @@ pub fn classify(pod: &Pod, now: Timestamp, waits: &Waits) -> Verdict {
     }
     if let Some(code) = exit_code(worker) {
         return if code == 0 {
-            Verdict::Ended(Ending {
+            PodProgress::Ended(Ending {
                 outcome: Outcome::Succeeded,
                 cause: None,
                 message: String::new(),
@@ -169,7 +177,7 @@ pub fn classify(pod: &Pod, now: Timestamp, waits: &Waits) -> Verdict {
     }
     match status.phase.as_deref() {
         Some("Succeeded") => {
-            return Verdict::Ended(Ending {
+            return PodProgress::Ended(Ending {
                 outcome: Outcome::Succeeded,
                 cause: None,
                 message: String::new(),
@@ -199,7 +207,7 @@ fn waiting_too_long(
     main: &[ContainerStatus],
     age: Duration,
     waits: &Waits,
-) -> Verdict {
+) -> PodProgress {
     let mut recheck: Option<Duration> = None;
     let mut wait_for = |bound: Duration| {
         let left = bound.saturating_sub(age) + Duration::from_secs(1);
@@ -214,7 +222,9 @@ fn waiting_too_long(
         let detail = waiting.message.clone().unwrap_or_default();
         let (cause, bound) = match reason {
             "InvalidImageName" => (FailureCause::ImagePullBackOff, Duration::ZERO),
-            "ImagePullBackOff" | "ErrImagePull" => {
+            // ErrImageNeverPull (pull policy Never, image not on the node) resolves only
+            // when someone loads the image onto the node: the same wait as a pull.
+            "ImagePullBackOff" | "ErrImagePull" | "ErrImageNeverPull" => {
                 (FailureCause::ImagePullBackOff, waits.image_pull)
             }
             "CreateContainerConfigError" | "CreateContainerError" => {
@@ -261,11 +271,25 @@ fn waiting_too_long(
             "the run Pod's node stopped reporting its status".into(),
         );
     }
-    Verdict::InProgress { recheck }
+    PodProgress::InProgress { recheck }
 }
 
-fn failed(cause: FailureCause, message: String, exit_code: Option<i32>) -> Verdict {
-    Verdict::Ended(Ending {
+/// The condition the pod garbage collector sets on a Pod it removes because its node is gone.
+fn deleted_with_its_node(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| {
+            c.type_ == "DisruptionTarget"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("DeletionByPodGC")
+        })
+}
+
+fn failed(cause: FailureCause, message: String, exit_code: Option<i32>) -> PodProgress {
+    PodProgress::Ended(Ending {
         outcome: Outcome::Failed,
         cause: Some(cause),
         message,
@@ -274,8 +298,8 @@ fn failed(cause: FailureCause, message: String, exit_code: Option<i32>) -> Verdi
     })
 }
 
-fn abandoned(cause: FailureCause, message: String) -> Verdict {
-    Verdict::Ended(Ending {
+fn abandoned(cause: FailureCause, message: String) -> PodProgress {
+    PodProgress::Ended(Ending {
         outcome: Outcome::Failed,
         cause: Some(cause),
         message,
@@ -300,243 +324,4 @@ fn termination_message(c: Option<&ContainerStatus>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const NOW: &str = "2024-02-16T15:30:00Z";
-
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "01hps6xb76j1jb3ehsk4awe5ab-preparing-2", "creationTimestamp": "2024-02-16T15:27:00Z"},
-            "spec": {"containers": [], "activeDeadlineSeconds": 4200},
-            "status": status,
-        }))
-        .unwrap()
-    }
-
-    fn verdict(status: serde_json::Value) -> Verdict {
-        classify(&pod(status), NOW.parse().unwrap(), &Waits::default())
-    }
-
-    fn ended(status: serde_json::Value) -> Ending {
-        match verdict(status) {
-            Verdict::Ended(e) => e,
-            other => panic!("not ended: {other:?}"),
-        }
-    }
-
-    fn terminated(name: &str, code: i32, reason: &str) -> serde_json::Value {
-        json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-               "state": {"terminated": {"exitCode": code, "reason": reason}}})
-    }
-
-    fn waiting(name: &str, reason: &str) -> serde_json::Value {
-        json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-               "state": {"waiting": {"reason": reason, "message": "Back-off pulling image \"someone/non-existent-image:1234\""}}})
-    }
-
-    #[test]
-    fn a_worker_that_exits_zero_succeeds_even_while_sidecars_run() {
-        let e = ended(json!({"phase": "Running", "containerStatuses": [
-            terminated("worker", 0, "Completed"),
-            {"name": "launcher-grpc", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}},
-        ]}));
-        assert_eq!(
-            (e.outcome, e.cause, e.exit_code),
-            (Outcome::Succeeded, None, Some(0))
-        );
-    }
-
-    #[test]
-    fn a_worker_that_exits_non_zero_fails_with_its_code() {
-        let e = ended(
-            json!({"phase": "Failed", "containerStatuses": [terminated("worker", 1, "Error")]}),
-        );
-        assert_eq!(
-            (e.outcome, e.cause, e.exit_code, e.message.as_str()),
-            (
-                Outcome::Failed,
-                Some(FailureCause::Error),
-                Some(1),
-                "the worker container exited with code 1"
-            )
-        );
-    }
-
-    #[test]
-    fn an_oom_killed_init_container_fails_the_run_as_the_seed_shows() {
-        let e = ended(
-            json!({"phase": "Failed", "initContainerStatuses": [terminated("init", 137, "OOMKilled")]}),
-        );
-        assert_eq!(e.cause, Some(FailureCause::OomKilled));
-        assert_eq!(
-            e.message,
-            "container init was killed for exceeding its memory limit (OOMKilled, exit code 137)"
-        );
-    }
-
-    #[test]
-    fn evictions_and_deadlines_are_named() {
-        let e = ended(
-            json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: ephemeral-storage."}),
-        );
-        assert_eq!(
-            (e.cause, e.message.as_str()),
-            (
-                Some(FailureCause::Evicted),
-                "The node was low on resource: ephemeral-storage."
-            )
-        );
-        let e = ended(
-            json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active on the node longer than the specified deadline"}),
-        );
-        assert_eq!(e.cause, Some(FailureCause::DeadlineExceeded));
-        assert_eq!(
-            e.message,
-            "the run exceeded its deadline (activeDeadlineSeconds 4200)"
-        );
-    }
-
-    #[test]
-    fn a_failing_init_container_fails_the_run() {
-        let e = ended(
-            json!({"phase": "Failed", "initContainerStatuses": [terminated("init", 2, "Error")]}),
-        );
-        assert_eq!(
-            (e.cause, e.message.as_str()),
-            (
-                Some(FailureCause::Error),
-                "the init container exited with code 2"
-            )
-        );
-    }
-
-    #[test]
-    fn image_pull_back_off_is_tolerated_then_abandoned() {
-        // Created 3 minutes before NOW: within the 5-minute wait.
-        let status = json!({"phase": "Pending", "containerStatuses": [waiting("worker", "ImagePullBackOff")]});
-        assert_eq!(
-            verdict(status.clone()),
-            Verdict::InProgress {
-                recheck: Some(Duration::from_secs(121))
-            }
-        );
-        let waits = Waits {
-            image_pull: Duration::from_secs(60),
-            ..Waits::default()
-        };
-        let Verdict::Ended(e) = classify(&pod(status), NOW.parse().unwrap(), &waits) else {
-            panic!()
-        };
-        assert_eq!(
-            (e.cause, e.abandon),
-            (Some(FailureCause::ImagePullBackOff), true)
-        );
-        assert_eq!(
-            e.message,
-            "container worker is stuck in ImagePullBackOff after 180s: Back-off pulling image \"someone/non-existent-image:1234\""
-        );
-    }
-
-    #[test]
-    fn an_unschedulable_pod_is_abandoned_after_its_wait() {
-        let status = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}]});
-        assert!(matches!(
-            verdict(status.clone()),
-            Verdict::InProgress { recheck: Some(_) }
-        ));
-        let waits = Waits {
-            unschedulable: Duration::from_secs(120),
-            ..Waits::default()
-        };
-        let Verdict::Ended(e) = classify(&pod(status), NOW.parse().unwrap(), &waits) else {
-            panic!()
-        };
-        assert_eq!(e.cause, Some(FailureCause::Unschedulable));
-        assert!(
-            e.message
-                .ends_with("1 node(s) didn't match Pod's node affinity/selector."),
-            "{}",
-            e.message
-        );
-    }
-
-    #[test]
-    fn a_lost_node_fails_the_run() {
-        // The node controller marks the Pod Failed with reason NodeLost ...
-        let e = ended(json!({"phase": "Failed", "reason": "NodeLost",
-            "message": "Node kwok-node-0 which was running pod is unresponsive"}));
-        assert_eq!(
-            (e.cause, e.abandon, e.message.as_str()),
-            (
-                Some(FailureCause::NodeLost),
-                false,
-                "Node kwok-node-0 which was running pod is unresponsive"
-            )
-        );
-        // ... or leaves it Unknown: tolerated for the node-lost wait, then abandoned.
-        let unknown = json!({"phase": "Unknown"});
-        assert!(matches!(
-            verdict(unknown.clone()),
-            Verdict::InProgress { recheck: Some(_) }
-        ));
-        let waits = Waits {
-            node_lost: Duration::from_secs(60),
-            ..Waits::default()
-        };
-        let Verdict::Ended(e) = classify(&pod(unknown), NOW.parse().unwrap(), &waits) else {
-            panic!()
-        };
-        assert_eq!((e.cause, e.abandon), (Some(FailureCause::NodeLost), true));
-    }
-
-    #[test]
-    fn a_container_that_cannot_be_created_is_abandoned_after_its_wait() {
-        // A missing Secret in envFrom: the kubelet reports CreateContainerConfigError.
-        let status = json!({"phase": "Pending", "initContainerStatuses": [
-            {"name": "init", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-             "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"vcs\" not found"}}}]});
-        assert!(matches!(
-            verdict(status.clone()),
-            Verdict::InProgress { recheck: Some(_) }
-        ));
-        let waits = Waits {
-            create_container: Duration::from_secs(60),
-            ..Waits::default()
-        };
-        let Verdict::Ended(e) = classify(&pod(status), NOW.parse().unwrap(), &waits) else {
-            panic!()
-        };
-        assert_eq!(
-            (e.cause, e.abandon),
-            (Some(FailureCause::CreateContainerError), true)
-        );
-        assert_eq!(
-            e.message,
-            "container init is stuck in CreateContainerConfigError after 180s: secret \"vcs\" not found"
-        );
-    }
-
-    #[test]
-    fn a_deleted_pod_ends_the_run() {
-        let mut p = pod(json!({"phase": "Running"}));
-        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            NOW.parse().unwrap(),
-        ));
-        let Verdict::Ended(e) = classify(&p, NOW.parse().unwrap(), &Waits::default()) else {
-            panic!()
-        };
-        assert_eq!(e.cause, Some(FailureCause::PodDeleted));
-    }
-
-    #[test]
-    fn a_running_pod_is_in_progress_with_nothing_to_wait_for() {
-        assert_eq!(
-            verdict(json!({"phase": "Running", "containerStatuses": [
-                {"name": "worker", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]})),
-            Verdict::InProgress { recheck: None }
-        );
-    }
-}
+mod tests;

@@ -20,6 +20,8 @@ pub struct WorkerView {
     pub deleting: bool,
     /// Creation time, seconds since the epoch; newer Workers go first on scale-down.
     pub created: i64,
+    /// Chosen by the autoscaler to go first on scale-down (idle the longest).
+    pub leave_first: bool,
 }
 
 /// The changes that bring a pool to its size.
@@ -60,8 +62,16 @@ pub fn plan_workers(desired: usize, workers: &[WorkerView]) -> Plan {
             .collect();
         plan.create = missing - plan.undrain.len();
     } else if active.len() > desired {
-        // Cheapest to remove first: idle before busy, unregistered before registered, newest first.
-        active.sort_by_key(|w| (w.has_run, w.registered, std::cmp::Reverse(w.created)));
+        // Cheapest to remove first: idle before busy, the autoscaler's choice first,
+        // unregistered before registered, newest first.
+        active.sort_by_key(|w| {
+            (
+                w.has_run,
+                !w.leave_first,
+                w.registered,
+                std::cmp::Reverse(w.created),
+            )
+        });
         for worker in active.iter().take(active.len() - desired) {
             if worker.has_run {
                 plan.drain.push(worker.name.clone());
@@ -92,6 +102,7 @@ mod tests {
             registered: true,
             deleting: false,
             created,
+            leave_first: false,
         }
     }
 
@@ -185,5 +196,17 @@ mod tests {
         let plan = plan_workers(1, &[leaving]);
         assert_eq!(plan.create, 1);
         assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn the_autoscalers_choice_goes_first_on_scale_down() {
+        let mut longest_idle = worker("longest-idle", Idle, 1);
+        longest_idle.leave_first = true;
+        let workers = [
+            longest_idle,
+            worker("newest", Idle, 3),
+            worker("busy", Busy, 2),
+        ];
+        assert_eq!(plan_workers(2, &workers).delete, ["longest-idle"]);
     }
 }

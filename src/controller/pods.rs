@@ -1,204 +1,130 @@
-//! The run Pod reconciler: reports how each run Pod ended, exactly once per Pod (the outcome is
-//! written onto the Pod before the worker is freed), frees its worker (recording the report in
-//! its status, see [`workers::release`]), and removes finished Pods as the pool's retention
-//! settings say.
+//! Run Pods: read as the run's state machine sees them ([`seen`]), created, deleted (with
+//! their grace period, or by force when they outlived it), marked with the outcome that was
+//! reported, and removed as the pool's retention settings say.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::error::{Error, Step, ignore_not_found, is_conflict};
 use super::history::{FinishedPod, Retention, pods_to_delete};
-use super::outcome::{Verdict, classify};
-use super::{
-    ANNOTATION_FINISHED_AT, ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context, Error,
-    ignore_not_found, workers,
-};
-use crate::crd::{
-    ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_WORKER, LABEL_WORKERPOOL, Worker, WorkerPool,
-};
-use crate::protocol::{Outcome, RunRef};
-
-/// Run Pods whose start-up latency has been observed (bounded; a restart may count one twice).
-#[derive(Default)]
-pub struct StartedPods(Mutex<HashSet<String>>);
-
-impl StartedPods {
-    fn first_time(&self, uid: &str) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 50_000 {
-            seen.clear();
-        }
-        seen.insert(uid.to_string())
-    }
-}
+use super::machine::{PodFacts, PodSeen};
+use super::outcome::{PodProgress, classify};
+use super::workers::{patch_params, post_params};
+use super::{ANNOTATION_FINISHED_AT, ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context};
+use crate::crd::{ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_WORKER, Worker, WorkerPool};
 
 /// The label selector of run Pods.
 pub fn run_pod_selector() -> String {
     LABEL_RUN_ID.to_string()
 }
 
-pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let Some(worker_name) = owner_worker(&pod) else {
-        return Ok(Action::await_change()); // not ours
-    };
-    let pool_ulid = pod
-        .labels()
-        .get(LABEL_WORKERPOOL)
-        .cloned()
-        .unwrap_or_default();
-    let link = ctx.links.by_pool_id(&pool_ulid);
-
-    if let Some(reported) = pod.annotations().get(ANNOTATION_OUTCOME) {
-        // Reported already: make sure the worker was freed (a crash may have come between),
-        // then apply retention.
-        let guard = ctx.worker_lock(&namespace, &worker_name).await;
-        free_after_restart(&ctx, link.as_deref(), &pod, &worker_name, reported).await?;
-        drop(guard);
-        return retention(&ctx, &pod, &worker_name).await;
-    }
-
-    let now = Timestamp::now();
-    let ending = match classify(&pod, now, &ctx.config.waits) {
-        Verdict::InProgress { recheck } => {
-            observe_start(&ctx, &pod, &pool_ulid, now);
-            return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
-        }
-        Verdict::Ended(ending) => ending,
-    };
-    let Some(link) = link else {
-        return Err(Error::NoLink(pool_ulid));
-    };
-    let _guard = ctx.worker_lock(&namespace, &worker_name).await;
-    let worker_id = pod
-        .labels()
-        .get(LABEL_WORKER)
-        .and_then(|u| u.parse().ok())
-        .ok_or_else(|| {
-            Error::Unlabelled(format!(
-                "run Pod {} has no valid {LABEL_WORKER} label",
-                pod.name_any()
-            ))
-        })?;
-    let run = run_of(&pod);
-    let record = super::runs::finished_record(&run, &pod.name_any(), &ending, now);
-    super::runs::report_finished(&ctx, &link, worker_id, &record).await?;
-    tracing::info!(pod = %pod.name_any(), outcome = ?ending.outcome, cause = ?ending.cause, "{}", ending.message);
-
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let outcome = format!("{:?}", ending.outcome).to_lowercase();
-    mark_reported(&pods, &pod.name_any(), &outcome, now).await?;
-    if ending.outcome == Outcome::Failed {
-        let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-        if let Some(worker) = workers_api.get_opt(&worker_name).await? {
-            ctx.event(
-                &worker,
-                kube::runtime::events::EventType::Warning,
-                "RunFailed",
-                "ReportRun",
-                format!("run Pod {} failed: {}", pod.name_any(), ending.message),
-            )
-            .await;
-        }
-    }
-    workers::release(&ctx, Some(&link), &namespace, &worker_name, record).await?;
-    if ending.abandon {
-        delete(&pods, &pod.name_any()).await?;
-    }
-    drop(_guard);
-    retention(&ctx, &pod, &worker_name).await
-}
-
-/// The outcome of `pod` was reported, but its worker may still hold the run: a crash came
-/// between marking the Pod and freeing the worker. The worker is freed with a record of the
-/// outcome (read again from the Pod), and the report is sent again first: the original may
-/// have died queued in the crashed process. The backend ignores a copy.
-async fn free_after_restart(
-    ctx: &Arc<Context>,
-    link: Option<&super::PoolHandle>,
-    pod: &Pod,
-    worker_name: &str,
-    reported: &str,
-) -> Result<(), Error> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let pod_name = pod.name_any();
-    let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(worker) = workers_api.get_opt(worker_name).await? else {
-        return Ok(());
-    };
-    let holds_run = worker
-        .status
-        .as_ref()
-        .and_then(|s| s.current_run.as_ref())
-        .is_some_and(|r| r.pod_name == pod_name);
-    if !holds_run {
-        return Ok(());
-    }
-    let at = pod
-        .annotations()
-        .get(ANNOTATION_FINISHED_AT)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(Timestamp::now);
-    let ending = reported_ending(pod, reported, at, &ctx.config.waits);
-    let record = super::runs::finished_record(&run_of(pod), &pod_name, &ending, at);
-    if let Some(link) = link {
-        super::runs::report_finished(ctx, link, workers::worker_ulid(&worker)?, &record).await?;
-    }
-    workers::release(ctx, link, &namespace, worker_name, record).await
-}
-
-/// What was reported about a Pod marked `reported`: its status read again (a Pod that ended
-/// stays ended), or, for a stopped or unreadable one, the bare outcome.
-fn reported_ending(
-    pod: &Pod,
-    reported: &str,
-    at: Timestamp,
-    waits: &super::outcome::Waits,
-) -> super::outcome::Ending {
-    let outcome = match reported {
-        "succeeded" => Outcome::Succeeded,
-        "stopped" => Outcome::Stopped,
-        _ => Outcome::Failed,
-    };
-    if outcome != Outcome::Stopped
-        && let Verdict::Ended(ending) = classify(pod, at, waits)
-        && ending.outcome == outcome
-    {
-        return ending;
-    }
-    super::outcome::Ending {
-        outcome,
-        cause: None,
-        message: format!("the run Pod was reported {reported} before the operator restarted"),
-        exit_code: None,
-        abandon: false,
-    }
-}
-
-fn owner_worker(pod: &Pod) -> Option<String> {
+/// The Worker a run Pod belongs to (its owner), if it is a run Pod of ours.
+pub fn owner_worker(pod: &Pod) -> Option<String> {
     pod.owner_references()
         .iter()
         .find(|o| o.kind == "Worker" && o.api_version == Worker::api_version(&()))
         .map(|o| o.name.clone())
 }
 
-fn run_of(pod: &Pod) -> RunRef {
-    // `<lowercase run ULID>-<stage>-<attempt>`; the run id label keeps the ULID's case.
-    let run_id = pod.labels().get(LABEL_RUN_ID).cloned().unwrap_or_default();
-    let name = pod.name_any();
-    let rest = name.get(run_id.len() + 1..).unwrap_or_default();
-    let (stage, attempt) = rest.rsplit_once('-').unwrap_or((rest, "0"));
-    RunRef::new(&run_id, stage, attempt.parse().unwrap_or(0))
+/// Whether the run Pod carries the outcome annotation (its report was sent).
+pub fn reported(pod: &Pod) -> bool {
+    pod.annotations().contains_key(ANNOTATION_OUTCOME)
 }
 
-fn observe_start(ctx: &Context, pod: &Pod, pool_ulid: &str, now: Timestamp) {
+/// Reads run Pod `name` as the state machine needs it: its status classified, or, when it is
+/// gone, how it had ended if this process watched it go.
+pub async fn seen(ctx: &Context, namespace: &str, name: &str) -> Result<PodSeen, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pod = pods
+        .get_opt(name)
+        .await
+        .map_err(Error::api(Step::ReadPod, format!("{namespace}/{name}")))?;
+    let now = Timestamp::now();
+    Ok(match pod {
+        Some(pod) => PodSeen::Present(facts(&pod, now, ctx)),
+        None => PodSeen::Gone {
+            last: ctx.vanished.last(namespace, name).and_then(|last| {
+                match classify(&last, now, &ctx.config.waits) {
+                    PodProgress::Ended(ending) => Some(ending),
+                    PodProgress::InProgress { .. } => None,
+                }
+            }),
+        },
+    })
+}
+
+/// What a run Pod that exists says.
+pub fn facts(pod: &Pod, now: Timestamp, ctx: &Context) -> PodFacts {
+    PodFacts {
+        progress: classify(pod, now, &ctx.config.waits),
+        deleting_since: pod.meta().deletion_timestamp.as_ref().map(|t| t.0),
+        reported: reported(pod),
+    }
+}
+
+/// Whether a create found the Pod there already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existed,
+}
+
+/// Creates a run Pod under its deterministic name. The API server's error is returned as is:
+/// whether a refusal answers the run is the caller's decision.
+pub async fn create(ctx: &Context, namespace: &str, pod: &Pod) -> Result<Created, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    match pods.create(&post_params(), pod).await {
+        Ok(_) => Ok(Created::New),
+        Err(err) if is_conflict(&err) => Ok(Created::Existed),
+        Err(err) => Err(err),
+    }
+}
+
+/// Deletes a run Pod, with its grace period (the tool gets its interrupt), or at once
+/// (`force`: it outlived that on a node that does not answer). NotFound is done.
+pub async fn delete(ctx: &Context, namespace: &str, name: &str, force: bool) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = if force {
+        DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        }
+    } else {
+        DeleteParams::default()
+    };
+    ignore_not_found(pods.delete(name, &params).await)
+        .map_err(Error::api(Step::DeletePod, format!("{namespace}/{name}")))
+}
+
+/// Writes the reported outcome onto the run Pod: it says the report was sent, and retention
+/// counts it as finished.
+pub async fn mark_reported(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    outcome: &str,
+    at: Timestamp,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mark = json!({"metadata": {"annotations": {
+        ANNOTATION_OUTCOME: outcome,
+        ANNOTATION_FINISHED_AT: at.to_string(),
+    }}});
+    ignore_not_found(
+        pods.patch(name, &patch_params(), &Patch::Merge(&mark))
+            .await,
+    )
+    .map_err(Error::api(Step::MarkPod, format!("{namespace}/{name}")))
+}
+
+/// Observes schedule -> Running, once per Pod.
+pub fn observe_start(ctx: &Context, pod: &Pod, pool_ulid: &str, now: Timestamp) {
     let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     let scheduled = pod
         .annotations()
@@ -216,25 +142,35 @@ fn observe_start(ctx: &Context, pod: &Pod, pool_ulid: &str, now: Timestamp) {
 }
 
 /// Removes the worker's finished Pods that the pool does not keep; requeues for TTLs.
-async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action, Error> {
+pub async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action, Error> {
     let namespace = pod.namespace().unwrap_or_default();
     let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pool_name = match workers_api.get_opt(worker_name).await? {
-        Some(worker) => worker
-            .annotations()
-            .get(ANNOTATION_WORKERPOOL_NAME)
-            .cloned(),
-        None => None,
+    let pool_name = workers_api
+        .get_opt(worker_name)
+        .await
+        .map_err(Error::api(
+            Step::ReadWorker,
+            format!("{namespace}/{worker_name}"),
+        ))?
+        .and_then(|worker| {
+            worker
+                .annotations()
+                .get(ANNOTATION_WORKERPOOL_NAME)
+                .cloned()
+        });
+    // The Worker is gone: its Pods go with it (owner references).
+    let Some(pool_name) = pool_name else {
+        return Ok(Action::await_change());
     };
     let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
-    let retention = match pool_name {
-        Some(name) => match pools.get_opt(&name).await? {
-            Some(pool) => Retention::of(&pool.spec),
-            None => return Ok(Action::await_change()),
-        },
-        // The Worker is gone: its Pods go with it (owner references).
-        None => return Ok(Action::await_change()),
+    let Some(pool) = pools.get_opt(&pool_name).await.map_err(Error::api(
+        Step::ReadPool,
+        format!("{namespace}/{pool_name}"),
+    ))?
+    else {
+        return Ok(Action::await_change());
     };
+    let retention = Retention::of(&pool.spec);
     let Some(worker_ulid) = pod.labels().get(LABEL_WORKER) else {
         return Ok(Action::await_change());
     };
@@ -242,7 +178,8 @@ async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action
     let selector = format!("{LABEL_WORKER}={worker_ulid}");
     let finished: Vec<FinishedPod> = pods
         .list(&ListParams::default().labels(&selector))
-        .await?
+        .await
+        .map_err(Error::api(Step::ListPods, format!("worker {worker_name}")))?
         .items
         .iter()
         .filter(|p| p.meta().deletion_timestamp.is_none())
@@ -262,30 +199,9 @@ async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action
         .collect();
     let (delete_now, recheck) = pods_to_delete(&finished, &retention, Timestamp::now());
     for name in delete_now {
-        delete(&pods, &name).await?;
+        delete(ctx, &namespace, &name, false).await?;
     }
     Ok(recheck.map_or_else(Action::await_change, |r| {
         Action::requeue(r + Duration::from_secs(1))
     }))
-}
-
-async fn delete(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
-    ignore_not_found(pods.delete(name, &Default::default()).await)
-}
-
-/// Writes the reported outcome onto the run Pod: from then on it is never reported again.
-pub async fn mark_reported(
-    pods: &Api<Pod>,
-    name: &str,
-    outcome: &str,
-    at: Timestamp,
-) -> Result<(), Error> {
-    let mark = json!({"metadata": {"annotations": {
-        ANNOTATION_OUTCOME: outcome,
-        ANNOTATION_FINISHED_AT: at.to_string(),
-    }}});
-    ignore_not_found(
-        pods.patch(name, &workers::patch_params(), &Patch::Merge(&mark))
-            .await,
-    )
 }

@@ -1,23 +1,24 @@
-//! The WorkerPool reconciler: hooks -> credentials -> backend link -> Workers -> status.
+//! The WorkerPool reconciler: hooks -> credentials -> backend link -> autoscaling (when
+//! `spec.autoscaling` is set) -> Workers -> status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::autoscale::{annotate_status, autoscale};
+use super::error::{Error, Step, ignore_not_found, is_conflict};
 use super::plan::{WorkerView, plan_workers};
-use super::status::{CredentialState, Observation, pool_status, worker_counts};
-use super::{Context, Error, MANAGER, PoolHandle, PoolKey, ignore_not_found, is_conflict, workers};
-use crate::crd::{
-    LABEL_ULID, LABEL_WORKERPOOL, SecretKeyRef, Worker, WorkerPool, WorkerPoolStatus, WorkerState,
-};
-use crate::credentials::{Credentials, decode_credentials};
+use super::pool_credentials::read_credentials;
+use super::pool_status::{CredentialState, Observation, pool_status, worker_counts};
+use super::{Context, MANAGER, PoolHandle, PoolKey, dispatch, workers};
+use crate::crd::{LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool, WorkerPoolStatus, WorkerState};
 use crate::hooks::registry::{
     CONDITION_TYPE, FetchedConfigMaps, HooksCondition, REASON_LOAD_FAILED, pool_config_maps,
 };
@@ -48,18 +49,17 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     // built only from loaded hooks (runs that come earlier wait for them).
     let hooks = load_hooks(&ctx, &pool).await;
 
-    let registration = read_credentials(&ctx, &pool)
-        .await?
-        .and_then(|credentials| {
-            let Some(credentials) = credentials else {
-                return Ok(None);
-            };
-            let link = ctx
-                .links
-                .ensure(&ctx, &key, &credentials)
-                .map_err(|err| err.to_string())?;
-            Ok(Some((credentials, link)))
-        });
+    let start = dispatch::starter(&ctx);
+    let registration =
+        read_credentials(&ctx, &pool)
+            .await?
+            .and_then(|credentials| match credentials {
+                None => Ok(None),
+                Some(credentials) => {
+                    let link = ctx.links.ensure(&key, &credentials, &start)?;
+                    Ok(Some((credentials, link)))
+                }
+            });
     let (credentials, link) = match registration {
         Ok(None) => (CredentialState::Missing, None),
         Ok(Some((credentials, link))) => (
@@ -69,6 +69,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
             Some(link),
         ),
         Err(problem) => {
+            let problem = problem.to_string();
             tracing::error!(pool = %key, "{problem}");
             ctx.event(
                 &*pool,
@@ -87,9 +88,19 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
 
     let mut workers = owned_workers(&ctx, &pool).await?;
     let mut degraded = None;
+    let scaling = match &link {
+        Some(link) => autoscale(&ctx, &pool, &link.pool_id.to_string(), &workers).await?,
+        None => None,
+    };
+    let pool_size = scaling.as_ref().map_or(pool.spec.pool_size, |s| s.size);
     if let Some(link) = &link {
-        let views = views_of(&workers, &link.pool_id.to_string());
-        let plan = plan_workers(usize::try_from(pool.spec.pool_size).unwrap_or(0), &views);
+        let mut views = views_of(&workers, &link.pool_id.to_string());
+        if let Some(scaling) = &scaling {
+            for view in &mut views {
+                view.leave_first = scaling.remove_first.contains(&view.name);
+            }
+        }
+        let plan = plan_workers(usize::try_from(pool_size).unwrap_or(0), &views);
         if !plan.is_empty() {
             tracing::info!(pool = %key, ?plan, "scaling the pool");
             if let Some(problem) = apply_plan(&ctx, &pool, link, plan).await? {
@@ -111,29 +122,39 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     }
     let observation = Observation {
         generation: pool.meta().generation,
-        desired: pool.spec.pool_size,
+        desired: pool_size,
         credentials,
         link: link.as_ref().map(|l| l.state()),
         workers: views,
         degraded,
         hooks: Some(hooks.condition),
     };
-    let status = pool_status(
-        &observation,
-        pool.status.as_ref(),
-        k8s_openapi::jiff::Timestamp::now(),
-    );
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut status = pool_status(&observation, pool.status.as_ref(), now);
+    if let Some(scaling) = &scaling {
+        annotate_status(
+            &mut status,
+            scaling,
+            pool.status.as_ref(),
+            pool.meta().generation,
+            now,
+        );
+    }
     write_status(&ctx, &pool, status).await?;
+    let autoscale_recheck = scaling.as_ref().and_then(|s| s.recheck);
     let link_down = link.as_ref().is_some_and(|l| !l.state().is_connected());
-    if hooks.retry_soon {
-        Ok(Action::requeue(HOOKS_RETRY))
+    let next = if hooks.retry_soon {
+        HOOKS_RETRY
     } else if link_down {
         // A link that gave up is replaced by a later reconcile (with its own backoff), so a
         // broker that comes up late is found without waiting for the resync.
-        Ok(Action::requeue(LINK_RETRY.min(ctx.config.resync)))
+        LINK_RETRY.min(ctx.config.resync)
     } else {
-        Ok(Action::requeue(ctx.config.resync))
-    }
+        ctx.config.resync
+    };
+    // The autoscaler looks again when a delay or a window ends (at least a second apart).
+    let next = autoscale_recheck.map_or(next, |r| next.min(r.max(Duration::from_secs(1))));
+    Ok(Action::requeue(next))
 }
 
 /// The pool's HooksReady condition after a load, and whether to load again soon: a ConfigMap
@@ -216,56 +237,6 @@ async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> HooksLoaded {
     }
 }
 
-/// Reads and decodes the pool's credentials. `Ok(Err(problem))` is bad input to report on the
-/// pool (the message names the Secret, the key and the fix); `Err` is a failed API call.
-async fn read_credentials(
-    ctx: &Context,
-    pool: &WorkerPool,
-) -> Result<Result<Option<Credentials>, String>, Error> {
-    let (Some(token), Some(private_key)) = (&pool.spec.token, &pool.spec.private_key) else {
-        return Ok(Ok(None));
-    };
-    let namespace = pool.namespace().unwrap_or_default();
-    let token = match secret_value(ctx, &namespace, token, "token").await? {
-        Ok(value) => value,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let private_key = match secret_value(ctx, &namespace, private_key, "privateKey").await? {
-        Ok(value) => value,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    Ok(decode_credentials(&token, &private_key)
-        .map(Some)
-        .map_err(|err| format!("cannot retrieve workerpool token: {err}")))
-}
-
-async fn secret_value(
-    ctx: &Context,
-    namespace: &str,
-    reference: &SecretKeyRef,
-    field: &str,
-) -> Result<Result<Vec<u8>, String>, Error> {
-    let selector = &reference.secret_key_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(&selector.name).await? else {
-        return Ok(Err(format!(
-            "cannot retrieve workerpool token: spec.{field}.secretKeyRef: Secret {namespace}/{} not found: create it with the pool's token and privateKey",
-            selector.name
-        )));
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&selector.key))
-        .map(|v| v.0.clone());
-    Ok(value.ok_or_else(|| {
-        format!(
-            "cannot retrieve workerpool token: spec.{field}.secretKeyRef: Secret {namespace}/{} has no key {:?}",
-            selector.name, selector.key
-        )
-    }))
-}
-
 /// The seed shows the pool labelled with its ULID (`workers.spacelift.io/ulid`).
 async fn label_with_ulid(ctx: &Context, pool: &WorkerPool, ulid: &str) -> Result<(), Error> {
     if pool.labels().get(LABEL_ULID).map(String::as_str) == Some(ulid) {
@@ -279,7 +250,8 @@ async fn label_with_ulid(ctx: &Context, pool: &WorkerPool, ulid: &str) -> Result
         &workers::patch_params(),
         &Patch::Merge(&patch),
     )
-    .await?;
+    .await
+    .map_err(Error::api(Step::LabelPool, pool_object(pool)))?;
     Ok(())
 }
 
@@ -290,7 +262,8 @@ pub async fn owned_workers(ctx: &Context, pool: &WorkerPool) -> Result<Vec<Worke
     let uid = pool.uid().unwrap_or_default();
     Ok(api
         .list(&ListParams::default())
-        .await?
+        .await
+        .map_err(Error::api(Step::ListWorkers, pool_object(pool)))?
         .items
         .into_iter()
         .filter(|w| w.owner_references().iter().any(|o| o.uid == uid))
@@ -317,6 +290,7 @@ fn views_of(workers: &[Worker], pool_ulid: &str) -> Vec<WorkerView> {
                     .creation_timestamp
                     .as_ref()
                     .map_or(0, |t| t.0.as_second()),
+                leave_first: false,
             }
         })
         .collect()
@@ -353,7 +327,10 @@ async fn delete_if_still_idle(
     };
     match api.delete(name, &params).await {
         Err(err) if is_conflict(&err) => Ok(()), // changed meanwhile: the next reconcile decides
-        result => ignore_not_found(result).map(|_| ()),
+        result => ignore_not_found(result).map_err(Error::api(
+            Step::DeleteWorker,
+            format!("{namespace}/{name}"),
+        )),
     }
 }
 
@@ -422,8 +399,17 @@ async fn write_status(
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
+    .await
+    .map_err(Error::api(Step::WritePoolStatus, pool_object(pool)))?;
     Ok(())
+}
+
+fn pool_object(pool: &WorkerPool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
 }
 
 /// Cleans up after deleted pools: their backend links are closed once their Workers are
@@ -446,6 +432,7 @@ pub async fn sweep_links(ctx: &Arc<Context>) {
             tracing::info!(pool = %key, "pool deleted and its workers deregistered: closing its backend link");
             ctx.links.remove(&key);
             ctx.metrics.forget_pool(&ulid);
+            ctx.autoscale.forget(&key);
         }
     }
     forget_hooks_of_deleted_pools(ctx).await;

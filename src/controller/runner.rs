@@ -6,16 +6,19 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{Context, Error, PoolKey, pods, pools, workers};
+use super::outcome::{PodProgress, classify};
+use super::{Context, Error, PoolKey, pods, pools, reconcile};
 use crate::crd::{Worker, WorkerPool};
 use crate::hooks::LoadReport;
 use crate::hooks::report::HooksCondition;
@@ -53,19 +56,34 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
                 },
             )
             .reconcile_all_on(nudges(ctx.clone(), scope.map(str::to_string)))
+            // A pool whose demand the backend changed decides its size again at once.
+            .reconcile_on(ctx.autoscale.nudges(scope.map(str::to_string)))
             .graceful_shutdown_on(shutdown.clone().wait())
             .run(pools::reconcile, error_policy("workerpool"), ctx.clone())
             .for_each(log_result("workerpool"));
         let run_pods = watcher::Config::default().labels(&pods::run_pod_selector());
+        let (vanished, vanished_workers) = futures::channel::mpsc::unbounded();
+        let (pod_store, pod_writer) = reflector::store();
+        let watched_pods = {
+            let ctx = ctx.clone();
+            watcher(api::<Pod>(&client, scope), run_pods)
+                .default_backoff()
+                // Before the store: nobody reads a Pod from the store that is not remembered.
+                .inspect_ok(move |event| remember_last_state(&ctx, &vanished, event))
+                .reflect(pod_writer)
+                .applied_objects()
+        };
+        // A run Pod's deletion moves its Worker's run on (the Pod reconciler never sees a Pod
+        // that is gone): after its last state was remembered, so that how it ended is known.
         let workers_ctrl =
             Controller::new(api::<Worker>(&client, scope), watcher::Config::default())
-                .owns(api::<Pod>(&client, scope), run_pods.clone())
+                .reconcile_on(vanished_workers)
                 .graceful_shutdown_on(shutdown.clone().wait())
-                .run(workers::reconcile, error_policy("worker"), ctx.clone())
+                .run(reconcile::worker, error_policy("worker"), ctx.clone())
                 .for_each(log_result("worker"));
-        let pods_ctrl = Controller::new(api::<Pod>(&client, scope), run_pods)
+        let pods_ctrl = Controller::for_stream(watched_pods, pod_store)
             .graceful_shutdown_on(shutdown.clone().wait())
-            .run(pods::reconcile, error_policy("pod"), ctx.clone())
+            .run(reconcile::pod, error_policy("pod"), ctx.clone())
             .for_each(log_result("pod"));
         controllers.push(futures::future::join3(pools_ctrl, workers_ctrl, pods_ctrl));
     }
@@ -84,6 +102,35 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
     };
     futures::future::join(join_all(controllers), sweeper).await;
     ctx.links.shutdown().await;
+}
+
+/// Remembers the last state of a run Pod that ended or whose deletion was watched, and nudges
+/// the Worker of a deleted one. An ended Pod may be removed at once (the pod garbage collector
+/// fails the Pods of a deleted node, then removes them with no grace): whoever reads it gone
+/// before its deletion is watched still knows how its run ended.
+pub(super) fn remember_last_state(
+    ctx: &Context,
+    vanished: &futures::channel::mpsc::UnboundedSender<ObjectRef<Worker>>,
+    event: &watcher::Event<Pod>,
+) {
+    match event {
+        watcher::Event::Delete(pod) => {
+            if let Some(worker) = pods::owner_worker(pod) {
+                ctx.vanished.remember(pod);
+                let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+                let _ = vanished.unbounded_send(ObjectRef::new(&worker).within(&namespace));
+            }
+        }
+        watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+            if matches!(
+                classify(pod, Timestamp::now(), &ctx.config.waits),
+                PodProgress::Ended(_)
+            ) {
+                ctx.vanished.remember(pod);
+            }
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>

@@ -18,6 +18,7 @@ use workerpool_operator::backend::serve::{ServeOptions, Server};
 use workerpool_operator::backend::state::StateDir;
 use workerpool_operator::backend::store::{RunView, SubmitRun};
 use workerpool_operator::crd::{LABEL_RUN_ID, Worker, WorkerPool};
+use workerpool_operator::protocol::Message;
 
 use crate::broker::{Broker, backend_binary};
 use crate::support::{self, Finish, TestNamespace};
@@ -32,6 +33,11 @@ pub struct Stack {
     pub backend_url: String,
     operator: Option<KillOnDrop>,
     operator_args: Vec<String>,
+    /// A cgroup (v1 directory) the operator joins before its first instruction: it is
+    /// started through `sh`, which writes its own pid there and then execs the operator.
+    pub operator_cgroup: Option<PathBuf>,
+    /// The kubeconfig the operator runs with (the admin's unless [`Stack::run_operator_as`]).
+    kubeconfig: PathBuf,
     log: PathBuf,
     pub dir: tempfile::TempDir,
 }
@@ -39,14 +45,24 @@ pub struct Stack {
 impl Stack {
     /// Namespace, broker and backend; the operator is started by [`Stack::start_operator`].
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        Self::new_with(prefix, |_| {}).await
+    }
+
+    /// As [`Stack::new`], with the backend's options changed by `configure` (the launcher API,
+    /// the launcher image).
+    pub async fn new_with(
+        prefix: &str,
+        configure: impl FnOnce(&mut ServeOptions),
+    ) -> anyhow::Result<Self> {
         support::install_crypto_provider();
         let ns = TestNamespace::new(prefix).await?;
         let broker = Broker::start();
-        let options = ServeOptions {
+        let mut options = ServeOptions {
             listen: "127.0.0.1:0".parse()?,
             tick: Duration::from_millis(200),
             ..ServeOptions::default()
         };
+        configure(&mut options);
         let backend = Server::start(&StateDir::new(&broker.state_dir), options).await?;
         let backend_url = format!("http://{}", backend.addr);
         let dir = tempfile::tempdir()?;
@@ -58,6 +74,8 @@ impl Stack {
             backend_url,
             operator: None,
             operator_args: Vec::new(),
+            operator_cgroup: None,
+            kubeconfig: support::cluster().kubeconfig.clone(),
             log,
             dir,
         })
@@ -97,9 +115,13 @@ impl Stack {
         .map(|s| s.to_string())
         .collect();
         args.push(format!("--namespaces={}", self.ns.name));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.operator_args = args.clone();
+        self.operator_args = with_flags(args, extra);
         self.spawn_operator()
+    }
+
+    /// Runs the operator (from its next start on) with this kubeconfig, e.g. a ServiceAccount's.
+    pub fn run_operator_as(&mut self, kubeconfig: PathBuf) {
+        self.kubeconfig = kubeconfig;
     }
 
     fn spawn_operator(&mut self) -> anyhow::Result<()> {
@@ -107,9 +129,19 @@ impl Stack {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(operator_binary())
+        let mut command = match &self.operator_cgroup {
+            Some(cgroup) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "echo $$ >\"$0/cgroup.procs\" && exec \"$@\""])
+                    .arg(cgroup)
+                    .arg(operator_binary());
+                sh
+            }
+            None => Command::new(operator_binary()),
+        };
+        let child = command
             .args(&self.operator_args)
-            .env("KUBECONFIG", &support::cluster().kubeconfig)
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,workerpool_operator=debug")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
@@ -137,6 +169,11 @@ impl Stack {
             self.operator.as_mut().map(|c| c.0.try_wait()),
             Some(Ok(None))
         )
+    }
+
+    /// The operator process's id, while it runs.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().map(|c| c.0.id())
     }
 
     pub fn operator_log(&self) -> String {
@@ -304,6 +341,21 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Publishes a message to a worker as the backend does: with the backend's certificate,
+    /// under a client id of its own (the running backend keeps its session).
+    pub async fn publish_as_backend(
+        &self,
+        pool: ulid::Ulid,
+        message: &Message,
+    ) -> anyhow::Result<()> {
+        // On the running backend's own connection: the broker gives a certificate one client
+        // id, so a second connection with the backend's certificate would take its session.
+        self.backend.publish_unrecorded(pool, message).await?;
+        Ok(())
+    }
+}
+
 /// Another operator process on the same namespace (a second replica).
 pub struct Replica {
     child: Child,
@@ -318,10 +370,10 @@ impl Replica {
             .join(format!("replica-{}.log", ulid::Ulid::generate()));
         let mut args = stack.operator_args.clone();
         args.retain(|a| !a.starts_with("--leader"));
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = with_flags(args, extra);
         let child = Command::new(operator_binary())
             .args(&args)
-            .env("KUBECONFIG", &support::cluster().kubeconfig)
+            .env("KUBECONFIG", &stack.kubeconfig)
             .env("RUST_LOG", "info,workerpool_operator=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -343,6 +395,15 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `args` with `extra` appended; an extra `--flag=value` replaces the same flag in `args`
+/// (the operator refuses a flag given twice).
+fn with_flags(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let flag = |arg: &str| arg.split_once('=').map_or(arg, |(f, _)| f).to_string();
+    args.retain(|a| extra.iter().all(|e| flag(e) != flag(a)));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// The operator binary cargo built for these tests, or `WORKERPOOL_OPERATOR_BIN` when set (a
@@ -372,6 +433,26 @@ fn client_pools(broker: &Broker) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// A WorkerPool manifest for `name` reading credentials from Secret `secret`, with `extra`
 /// YAML appended under `spec:` (indented by two spaces).
+/// A pool spec's `pod:` that mounts the seed's initialization policy from ConfigMap `name`
+/// (key `initialization-policy.rego`), for [`pool_yaml`]'s `extra`.
+pub fn initialization_policy_yaml(name: &str) -> String {
+    r#"  pod:
+    volumes:
+      - name: initialization-policy
+        configMap:
+          name: NAME
+    initContainer:
+      volumeMounts:
+        - name: initialization-policy
+          mountPath: "/opt/spacelift/policies/initialization"
+          readOnly: true
+      env:
+        - name: "SPACELIFT_LAUNCHER_RUN_INITIALIZATION_POLICY"
+          value: "/opt/spacelift/policies/initialization/initialization-policy.rego"
+"#
+    .replace("NAME", name)
+}
+
 pub fn pool_yaml(name: &str, secret: &str, size: i32, extra: &str) -> String {
     format!(
         "apiVersion: workers.spacelift.io/v1beta1

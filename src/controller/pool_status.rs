@@ -129,6 +129,8 @@ pub fn pool_status(
                 .map(|h| condition(h.type_, h.status, h.reason, h.message.clone())),
         )
         .collect(),
+        // Written by the autoscaler (`autoscale::annotate_status`), when the pool has one.
+        autoscaling: None,
     }
 }
 
@@ -154,6 +156,7 @@ mod tests {
             registered,
             deleting: false,
             created: 0,
+            leave_first: false,
         }
     }
 
