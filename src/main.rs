@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use workerpool_operator::controller::ControllerConfig;
+use workerpool_operator::guard::RunPodGuard;
 use workerpool_operator::operator::{self, OperatorOptions};
 use workerpool_operator::ops::http::{MetricsServing, parse_bind_address};
 use workerpool_operator::ops::leader::LeaseConfig;
@@ -67,11 +69,28 @@ enum Command {
         /// the pool's.
         #[arg(long = "policy", value_name = "FILE")]
         policies: Vec<PathBuf>,
+        /// The run-Pod guard to enforce, as the operator's --run-pod-guard file (default:
+        /// level baseline, any registry, any ServiceAccount, no nodeName).
+        #[arg(long, value_name = "FILE")]
+        guard: Option<PathBuf>,
+        /// The guard's Pod Security Standards level (privileged, baseline, restricted), for
+        /// every namespace the guard file does not give a level of its own.
+        #[arg(long, value_name = "LEVEL")]
+        guard_level: Option<workerpool_operator::guard::Level>,
     },
     /// Work with hook plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Evaluate Rego policies for the operator, over stdin and stdout (the operator starts
+    /// these children itself; see src/hooks/rego/).
+    #[command(name = "policy-evaluator", hide = true)]
+    PolicyEvaluator,
 }
+
+/// Counts live bytes, and ends a `policy-evaluator` child before an allocation past its
+/// budget (never armed in the operator itself).
+#[global_allocator]
+static ALLOCATOR: budget_alloc::BudgetAlloc = budget_alloc::BudgetAlloc;
 
 #[derive(Subcommand)]
 enum PluginCommand {
@@ -98,6 +117,14 @@ struct RunArgs {
     /// Where a mounted metrics certificate (tls.crt, tls.key) is looked for.
     #[arg(long, default_value = "/tmp/k8s-metrics-server/serving-certs")]
     metrics_cert_dir: PathBuf,
+    /// Offer HTTP/2 on the HTTPS metrics server (controller-runtime's flag; off because of the
+    /// HTTP/2 stream-reset attacks).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_http2: bool,
+    /// The namespace the operator runs in (the Spacelift chart's flag): the default namespace
+    /// of the leader Lease and of the cluster-wide hook ConfigMaps. Default: POD_NAMESPACE.
+    #[arg(long, env = "POD_NAMESPACE")]
+    controller_namespace: Option<String>,
     /// Address of /healthz and /readyz; "0" disables them.
     #[arg(long, default_value = ":8081")]
     health_probe_bind_address: String,
@@ -116,6 +143,14 @@ struct RunArgs {
     /// The cluster-wide plugins and Rego policies (YAML, see docs/plugins.md).
     #[arg(long)]
     hook_config: Option<PathBuf>,
+    /// What run Pods may be, enforced after every hook (YAML, see docs/security.md). Without
+    /// it: level baseline, any registry, any ServiceAccount, no nodeName.
+    #[arg(long, value_name = "FILE")]
+    run_pod_guard: Option<PathBuf>,
+    /// The guard's Pod Security Standards level (privileged, baseline, restricted), for every
+    /// namespace the guard file does not give a level of its own.
+    #[arg(long, value_name = "LEVEL")]
+    run_pod_guard_level: Option<workerpool_operator::guard::Level>,
     /// Where compiled plugins are kept across restarts ("" keeps them in memory only).
     #[arg(long, default_value = "/tmp/workerpool-operator/wasm-cache")]
     plugin_cache_dir: PathBuf,
@@ -173,7 +208,11 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::PolicyEvaluator = cli.command {
+        return hooks::rego::child::serve();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -195,6 +234,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plugins,
             pool_policy,
             policies,
+            guard,
+            guard_level,
         } => {
             let pool_file = pool.display().to_string();
             let run_file = run.display().to_string();
@@ -204,12 +245,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pool_ulid,
                 worker_ulid,
             };
-            if plugins.is_empty() && pool_policy.is_none() && policies.is_empty() {
-                let pod = render::render_pod(&pool, &run, &ids)
-                    .with_context(|| format!("{run_file} on {pool_file}"))?;
-                print!("{}", format(&pod, output)?);
-                return Ok(());
-            }
+            let guard = Arc::new(run_pod_guard(guard.as_deref(), guard_level)?);
+            let hooked = !(plugins.is_empty() && pool_policy.is_none() && policies.is_empty());
             let worker = render::stand_in_worker(&pool, &ids);
             let input = hooks::HookInput::build(&pool, &worker, &run)
                 .with_context(|| format!("{run_file} on {pool_file}: cannot build the run Pod"))?;
@@ -226,9 +263,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "note: the pool's spec.plugins live in ConfigMaps and are not run offline; pass them with --plugin"
                 );
             }
-            let pipeline = hooks::offline::pipeline(&plugins, pool_policy.as_deref(), &policies)?;
+            let pipeline = if hooked {
+                hooks::offline::pipeline(&plugins, pool_policy.as_deref(), &policies)?
+            } else {
+                // No hooks: no WASM engine to start, but the invariants and the guard still run.
+                hooks::Pipeline {
+                    scope: "render".into(),
+                    ..hooks::Pipeline::default()
+                }
+            };
+            let pipeline = hooks::Pipeline { guard, ..pipeline };
             let decision = pipeline.evaluate(input);
-            eprint!("{}", hooks::offline::describe(&decision));
+            if hooked || matches!(decision, hooks::Decision::Denied(_)) {
+                eprint!("{}", hooks::offline::describe(&decision));
+            }
             match decision {
                 hooks::Decision::Allowed(allowed) => {
                     print!("{}", format(&allowed.pod, output)?);
@@ -239,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::PolicyEvaluator => Ok(()),
         Command::Plugin(PluginCommand::Check { file, settings }) => {
             let settings = settings
                 .map(|text| yaml_serde::from_str::<serde_json::Value>(&text))
@@ -257,7 +306,11 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let metrics_address =
         parse_bind_address(&args.metrics_bind_address).context("--metrics-bind-address")?;
     let leader_election = if args.leader_elect {
-        let namespace = LeaseConfig::namespace_from(args.leader_election_namespace.as_deref())
+        let namespace = LeaseConfig::namespace_from(
+            args.leader_election_namespace
+                .as_deref()
+                .or(args.controller_namespace.as_deref()),
+        )
             .context("--leader-elect needs the namespace of its Lease: set POD_NAMESPACE or --leader-election-namespace")?;
         let mut lease = LeaseConfig::new(namespace);
         lease.name = args.leader_election_id.clone();
@@ -284,13 +337,15 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         metrics: MetricsServing {
             secure: args.metrics_secure,
             cert_dir: args.metrics_cert_dir,
+            http2: args.enable_http2,
         },
         leader_election,
         hook_config: args.hook_config,
+        run_pod_guard: run_pod_guard(args.run_pod_guard.as_deref(), args.run_pod_guard_level)?,
         plugin_cache: Some(args.plugin_cache_dir)
             .filter(|d| !d.as_os_str().is_empty())
             .map(|dir| hooks::host::CompileCache::new(dir, args.plugin_cache_max_mib)),
-        hook_namespace: std::env::var("POD_NAMESPACE").ok(),
+        hook_namespace: args.controller_namespace.filter(|ns| !ns.trim().is_empty()),
         hook_reload: args.hook_reload_interval,
         controller,
     };
@@ -302,6 +357,21 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(operator::run(options))?;
     Ok(())
+}
+
+/// The guard from its file (or the default), with the level flag applied.
+fn run_pod_guard(
+    file: Option<&std::path::Path>,
+    level: Option<workerpool_operator::guard::Level>,
+) -> anyhow::Result<RunPodGuard> {
+    let guard = match file {
+        Some(path) => RunPodGuard::load(path)?,
+        None => RunPodGuard::default(),
+    };
+    Ok(match level {
+        Some(level) => guard.with_level(level),
+        None => guard,
+    })
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -122,8 +122,27 @@ pub fn deserialize_at_path<T: DeserializeOwned>(value: Value) -> Result<T, (Stri
     })
 }
 
+/// A path of [`deserialize_at_path`] as a message names it: `(top level)` for the document
+/// itself (serde_path_to_error's `.`).
+pub fn named_path(path: String) -> String {
+    if path == "." {
+        "(top level)".into()
+    } else {
+        path
+    }
+}
+
 /// The rules the CRD schema enforces in the apiserver, for offline use.
 fn validate(pool: &WorkerPool) -> Result<(), (&'static str, String)> {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    if name.len() > crate::crd::MAX_POOL_NAME {
+        let message = crate::crd::POOL_NAME_MESSAGE;
+        let message = message.strip_prefix("metadata.name: ").unwrap_or(message);
+        return Err((
+            "metadata.name",
+            format!("{message} (this one has {})", name.len()),
+        ));
+    }
     for (path, ttl) in [
         (
             "spec.successfulPodsHistoryTTL",
@@ -149,6 +168,28 @@ fn validate(pool: &WorkerPool) -> Result<(), (&'static str, String)> {
             format!(
                 "{set} is set but {unset} is not: token and privateKey must be set together: both point at keys of the Secret created for the pool"
             ),
+        ));
+    }
+    // What the apiserver's CEL rules check, and what the operator checks when it reads the
+    // spec (cron expressions, time zones): refused here too, so `render` says it first.
+    if let Some(autoscaling) = &pool.spec.autoscaling
+        && let Err(problem) = crate::controller::autoscale::settings::settings(autoscaling)
+    {
+        let message = problem.to_string();
+        let message = message
+            .strip_prefix("spec.autoscaling.")
+            .unwrap_or(&message);
+        return Err(("spec.autoscaling", message.to_string()));
+    }
+    let init = pool
+        .spec
+        .pod
+        .as_ref()
+        .and_then(|p| p.init_container.as_ref());
+    if init.is_some_and(|init| init.lifecycle.is_some()) {
+        return Err((
+            "spec.pod.initContainer.lifecycle",
+            "lifecycle hooks are not allowed on the init container (Kubernetes refuses them on init containers): set them on workerContainer or grpcServerContainer".into(),
         ));
     }
     Ok(())
@@ -290,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn bad_autoscaling_is_refused_offline_naming_the_field() {
+        let err = pool(&format!(
+            "{HEADER}spec:\n  autoscaling:\n    maxPoolSize: 5\n    minIdle: 6\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "pool.yaml: spec.autoscaling: minIdle: 6 must not exceed maxPoolSize (5)"
+            ),
+            "{err}"
+        );
+        let err = pool(&format!(
+            "{HEADER}spec:\n  autoscaling:\n    maxPoolSize: 5\n    windows:\n      - {{start: \"0 8 * * 1-5\", end: \"0 18 * * 1-5\", timeZone: Europe/Berlyn, minPoolSize: 2}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("pool.yaml: spec.autoscaling: windows[0].timeZone: \"Europe/Berlyn\" is not an IANA time zone"),
+            "{err}"
+        );
+        let ok = pool(&format!(
+            "{HEADER}spec:\n  autoscaling:\n    maxPoolSize: 5\n    scaleDownDelay: 30s\n"
+        ))
+        .expect("valid");
+        assert_eq!(ok.spec.autoscaling.map(|a| a.max_pool_size), Some(5));
+    }
+
+    #[test]
     fn type_errors_and_rules_name_the_field() {
         let err = pool(&format!("{HEADER}spec:\n  poolSize: two\n")).unwrap_err();
         assert!(
@@ -332,6 +400,10 @@ mod tests {
                 "failedPodsHistoryTTL: -1h\n",
                 "spec.failedPodsHistoryTTL: must not be negative",
             ),
+            (
+                "pod:\n    initContainer:\n      lifecycle: {preStop: {exec: {command: [\"true\"]}}}\n",
+                "spec.pod.initContainer.lifecycle: lifecycle hooks are not allowed on the init container",
+            ),
         ];
         for (spec, want) in cases {
             let err = pool(&format!("{HEADER}spec:\n  {spec}")).unwrap_err();
@@ -340,6 +412,20 @@ mod tests {
                 "{spec}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_pool_name_too_long_for_its_workers_is_refused_offline_as_by_the_apiserver() {
+        let name = "p".repeat(crate::crd::MAX_POOL_NAME + 1);
+        let yaml = HEADER.replace("name: p", &format!("name: {name}"));
+        let err = pool(&format!("{yaml}spec: {{}}\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "pool.yaml: metadata.name: a WorkerPool name is at most 209 characters: its Workers are named <pool>-<worker ULID> (27 more) and events about them add 17, within Kubernetes' 253; choose a shorter name (this one has 210)"
+        );
+        let longest = "p".repeat(crate::crd::MAX_POOL_NAME);
+        let yaml = HEADER.replace("name: p", &format!("name: {longest}"));
+        assert!(pool(&format!("{yaml}spec: {{}}\n")).is_ok());
     }
 
     #[test]

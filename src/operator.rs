@@ -12,9 +12,10 @@ use kube::api::Api;
 use thiserror::Error;
 
 use crate::controller::{self, Context, ControllerConfig, ControllerMetrics};
+use crate::guard::RunPodGuard;
 use crate::hooks::host::CompileCache;
 use crate::hooks::registry::{FetchedConfigMaps, cluster_config_maps};
-use crate::hooks::{HookConfig, HookMetrics, HookRegistry, WasmHost};
+use crate::hooks::{HookConfig, HookMetrics, HookRegistry, PolicyEvaluator, WasmHost};
 use crate::link::LinkMetrics;
 use crate::ops::health::Health;
 use crate::ops::http::{MetricsServer, MetricsServing, ProbeServer};
@@ -33,6 +34,8 @@ pub struct OperatorOptions {
     pub leader_election: Option<LeaseConfig>,
     /// The cluster-wide hook configuration file.
     pub hook_config: Option<PathBuf>,
+    /// What run Pods may be, enforced after every hook.
+    pub run_pod_guard: RunPodGuard,
     /// Where compiled plugins are kept across restarts, and how large they may grow.
     pub plugin_cache: Option<CompileCache>,
     /// Where the cluster-wide hooks' ConfigMaps live (the operator's namespace).
@@ -50,6 +53,8 @@ pub enum OperatorError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the WebAssembly host: {0}")]
     WasmHost(String),
+    #[error("cannot start the policy evaluator: {0}")]
+    PolicyEvaluator(#[source] crate::hooks::rego::PolicyEvalError),
     #[error("{0}")]
     HookConfig(String),
     #[error(transparent)]
@@ -71,6 +76,11 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     let metrics = ControllerMetrics::register(&registry)?;
     let link_metrics = LinkMetrics::register(&registry)?;
     let hook_metrics = Arc::new(HookMetrics::register(&registry)?);
+    let leader = prometheus::IntGauge::new(
+        "workerpool_leader",
+        "1 on the replica that acts (it holds the leader Lease, or runs without leader election), 0 on a standby.",
+    )?;
+    registry.register(Box::new(leader.clone()))?;
 
     let hook_config = read_hook_config(&options)?;
     let host = WasmHost::with_compile_cache(
@@ -78,9 +88,22 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
         options.plugin_cache.as_ref(),
     )
     .map_err(|e| OperatorError::WasmHost(e.to_string()))?;
+    // Rego runs in children of this very binary (`policy-evaluator`), bounded in memory.
+    let policies = PolicyEvaluator::of_this_program(hook_config.limits.policy_limits())
+        .map_err(OperatorError::PolicyEvaluator)?;
     let hooks = Arc::new(
-        HookRegistry::new(host, hook_metrics, hook_config.limits.policy_timeout())
-            .with_pool_plugin_caps(hook_config.limits.pool_plugin_caps()),
+        HookRegistry::new(host, policies, hook_metrics)
+            .with_pool_plugin_caps(hook_config.limits.pool_plugin_caps())
+            .with_slots(hook_config.limits.slot_limits())
+            .with_run_pod_guard(options.run_pod_guard.clone()),
+    );
+    tracing::info!(
+        level = %options.run_pod_guard.level,
+        allowed_image_hosts = ?options.run_pod_guard.allowed_image_hosts,
+        service_accounts = ?options.run_pod_guard.service_accounts,
+        allow_node_name = options.run_pod_guard.allow_node_name,
+        namespaces = ?options.run_pod_guard.namespaces.keys().collect::<Vec<_>>(),
+        "run-Pod guard"
     );
 
     let mut servers = Vec::new();
@@ -99,28 +122,36 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
         servers.push(tokio::spawn(server.serve(shutdown.clone().wait())));
     }
 
+    // Ready means able to serve (controller-runtime's convention): a standby that can reach
+    // the API server is ready, so a rolling update's new Pod becomes Ready while the old one
+    // still holds the Lease. Leadership is the `workerpool_leader` gauge and a log line.
+    health.set_not_ready("kube-api", "not checked yet");
+    let api_readiness = tokio::spawn(report_api_readiness(
+        client.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let leadership = match &options.leader_election {
         Some(lease) => {
-            health.set_not_ready("leader-election", "waiting to become the leader");
             let elector = LeaderElector::new(client.clone(), lease.clone());
             let acquired = tokio::select! {
                 acquired = elector.acquire() => Some(acquired?),
                 () = shutdown.clone().wait() => None,
             };
             let Some(leadership) = acquired else {
+                api_readiness.abort();
                 return Ok(());
             };
-            health.set_ready("leader-election");
             Some(leadership)
         }
         None => None,
     };
+    leader.set(1);
 
     let mut controller_config = options.controller.clone();
     controller_config.link.metrics = Some(link_metrics);
     let ctx = Context::new(client.clone(), controller_config, metrics, hooks.clone());
-    health.set_ready("kube-api");
-    let readiness = tokio::spawn(report_readiness(
+    let readiness = tokio::spawn(report_link_readiness(
         ctx.clone(),
         health.clone(),
         shutdown.clone(),
@@ -152,12 +183,24 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     if let Err(err) = &outcome {
         // Stop at once: another replica leads now. Nothing is lost: unacknowledged messages
         // stay with the broker and the new leader rebuilds from the cluster.
+        leader.set(0);
         tracing::error!("{err}");
         return outcome;
     }
     stop_controllers.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(20), controllers).await;
+    if tokio::time::timeout(Duration::from_secs(20), &mut controllers)
+        .await
+        .is_err()
+    {
+        // Nothing may still act once the Lease is released: the next leader acts then.
+        tracing::warn!("the controllers did not stop in time; aborting what they still do");
+        controllers.abort();
+        ctx.links.abort_dispatchers();
+        let _ = controllers.await;
+    }
+    leader.set(0);
     readiness.abort();
+    api_readiness.abort();
     cluster_hooks.abort();
     if let Some(leadership) = leadership
         && let Err(err) = leadership.release().await
@@ -245,25 +288,39 @@ async fn reload_cluster_hooks(
 }
 
 /// How often readiness asks the API server whether it answers.
-const API_CHECK_EVERY: u32 = 5;
+const API_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long one such question may take.
+const API_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Readiness follows the API server (asked every 10 s) and every pool's backend link.
-async fn report_readiness(ctx: Arc<Context>, health: Health, shutdown: Shutdown) {
-    let mut every = tokio::time::interval(Duration::from_secs(2));
-    let mut known: Vec<String> = Vec::new();
-    for tick in 1u32.. {
+/// The `kube-api` check: the API server answers (asked at once, then every 10 s). It runs on
+/// every replica, leader or standby.
+async fn report_api_readiness(client: Client, health: Health, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(API_CHECK_EVERY);
+    loop {
         tokio::select! {
             _ = every.tick() => {}
             () = shutdown.clone().wait() => return,
         }
-        if tick % API_CHECK_EVERY == 0 {
-            let answer =
-                tokio::time::timeout(Duration::from_secs(5), ctx.client.apiserver_version()).await;
-            match answer {
-                Ok(Ok(_)) => health.set_ready("kube-api"),
-                Ok(Err(err)) => health.set_not_ready("kube-api", err.to_string()),
-                Err(_) => health.set_not_ready("kube-api", "no answer within 5s"),
-            }
+        match tokio::time::timeout(API_CHECK_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(_)) => health.set_ready("kube-api"),
+            Ok(Err(err)) => health.set_not_ready("kube-api", err.to_string()),
+            Err(_) => health.set_not_ready(
+                "kube-api",
+                format!("no answer within {API_CHECK_TIMEOUT:?}"),
+            ),
+        }
+    }
+}
+
+/// One `broker/<pool>` check per pool link, while this replica acts: a leader whose links are
+/// down cannot serve those pools.
+async fn report_link_readiness(ctx: Arc<Context>, health: Health, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    let mut known: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.clone().wait() => return,
         }
         let states = ctx.links.states();
         let names: Vec<String> = states

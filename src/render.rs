@@ -1,8 +1,8 @@
-//! `workerpool-operator render`: the Pod a run would get, with no cluster.
+//! `workerpool-operator render`: the Pod a run would get, with no cluster. The Pod itself goes
+//! through the same pipeline as in the operator (`hooks::Pipeline`, its guard included).
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use thiserror::Error;
 
@@ -10,7 +10,6 @@ use crate::crd::{
     ANNOTATION_WORKERPOOL_NAME, LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool, WorkerSpec,
 };
 use crate::manifest::{self, ManifestError};
-use crate::pod::{BuildError, build_pod};
 use crate::protocol::RunSchedule;
 
 /// Stand-in identities for the worker a rendered run lands on. Fixed by default so that a
@@ -38,10 +37,6 @@ pub enum RenderError {
         path: String,
         message: String,
     },
-    // Not a `source`: the message already carries the cause, and error reporters that walk
-    // sources would print it twice.
-    #[error("cannot build the run Pod: {0}")]
-    Build(BuildError),
 }
 
 /// Reads a run-schedule document (JSON or YAML, the protocol's field names).
@@ -110,14 +105,4 @@ pub fn stand_in_worker(pool: &WorkerPool, ids: &RenderIds) -> Worker {
         spec: WorkerSpec::default(),
         status: None,
     }
-}
-
-/// Renders the Pod for `run` on a stand-in worker of `pool`.
-pub fn render_pod(
-    pool: &WorkerPool,
-    run: &RunSchedule,
-    ids: &RenderIds,
-) -> Result<Pod, RenderError> {
-    let worker = stand_in_worker(pool, ids);
-    build_pod(pool, &worker, run).map_err(RenderError::Build)
 }

@@ -269,3 +269,40 @@ fn plugin_check_prints_the_modules_contract_and_refuses_bad_settings() {
         "{err}"
     );
 }
+
+#[test]
+fn render_with_a_memory_hungry_policy_exits_with_the_limit_instead_of_aborting() {
+    // regorus would ask for 7.2 PB at once; in process that aborted `render` (exit 134).
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("hungry.rego");
+    std::fs::write(
+        &policy,
+        "package spacelift\nimport rego.v1\ndeny contains \"big\" if count(numbers.range(1, 300000000000000)) > 0\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        .args(["render", "--pool"])
+        .arg(repo("tests/fixtures/seed/create-a-workerpool.yaml"))
+        .arg("--run")
+        .arg(repo("tests/fixtures/runs/preparing.json"))
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "run denied by cluster policy \"hungry.rego\": cluster policy \"hungry.rego\" failed: \
+             exceeded its memory limit of 32 MiB (it asked for 7200000000000000 bytes more with "
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "raise limits.maxPolicyMemoryMib (Helm value hooks.limits.maxPolicyMemoryMib) if it \
+             needs more, or fix the policy; the run is denied"
+        ),
+        "{stderr}"
+    );
+}

@@ -340,6 +340,7 @@ async fn secure_metrics_need_a_token_that_may_get_metrics() -> anyhow::Result<()
         MetricsServing {
             secure: true,
             cert_dir: cert_dir.path().to_owned(),
+            ..MetricsServing::default()
         },
         registry()?,
         ns.client.clone(),
@@ -419,6 +420,7 @@ async fn a_mounted_certificate_is_served_instead_of_a_self_signed_one() -> anyho
         MetricsServing {
             secure: true,
             cert_dir: cert_dir.path().to_owned(),
+            ..MetricsServing::default()
         },
         registry()?,
         unreachable_client()?,
@@ -453,6 +455,44 @@ fn unreachable_client() -> anyhow::Result<kube::Client> {
     install_crypto_provider();
     let config = kube::Config::new("https://127.0.0.1:1".parse()?);
     Ok(kube::Client::try_from(config)?)
+}
+
+/// `--enable-http2` (controller-runtime's flag): HTTP/2 is negotiated only when enabled.
+#[tokio::test]
+async fn the_https_metrics_server_offers_http2_only_with_enable_http2() -> anyhow::Result<()> {
+    for (http2, want) in [(false, "1.1"), (true, "2")] {
+        let cert_dir = tempfile::tempdir()?;
+        let server = MetricsServer::bind(
+            "127.0.0.1:0".parse()?,
+            MetricsServing {
+                secure: true,
+                cert_dir: cert_dir.path().to_owned(),
+                http2,
+            },
+            registry()?,
+            unreachable_client()?,
+        )
+        .await?;
+        let addr = server.local_addr();
+        let (trigger, shutdown) = Shutdown::channel();
+        let serving = tokio::spawn(server.serve(shutdown.wait()));
+        // curl prefers h2 over TLS when the server offers it; the answer (401: no token) does
+        // not matter, the protocol it came in does.
+        let output = tokio::process::Command::new("curl")
+            .args(["-sk", "--http2", "--max-time", "10", "-o", "/dev/null"])
+            .args(["-w", "%{http_version}"])
+            .arg(format!("https://{addr}/metrics"))
+            .output()
+            .await?;
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            want,
+            "--enable-http2={http2}"
+        );
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(10), serving).await???;
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -1,16 +1,19 @@
 //! The `workers.spacelift.io/v1beta1` custom resources, and the labels that tie pools, workers
 //! and run Pods together. The YAML in `crds/` is generated from these types.
 
+mod autoscaling;
 mod worker;
 mod workerpool;
 
+pub use autoscaling::{Autoscaling, AutoscalingStatus, AutoscalingWindow, MAX_WINDOWS};
 pub use worker::{
     CurrentRun, DeniedBy, FINISHED_RUNS_KEPT, FinishedOutcome, FinishedRun, Worker, WorkerSpec,
     WorkerState, WorkerStatus,
 };
 pub use workerpool::{
     ContainerOverride, DEFAULT_ACTIVE_DEADLINE_SECONDS, DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
-    PodTemplate, SecretKeyRef, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
+    MAX_POOL_NAME, POOL_NAME_MESSAGE, PodTemplate, SecretKeyRef, WorkerPool, WorkerPoolSpec,
+    WorkerPoolStatus,
 };
 
 use kube::CustomResourceExt;
@@ -27,6 +30,10 @@ pub const LABEL_RUN_ID: &str = "workers.spacelift.io/run-id";
 pub const LABEL_ULID: &str = "workers.spacelift.io/ulid";
 /// Annotation on Workers: the name of their WorkerPool (the "Pool" printer column).
 pub const ANNOTATION_WORKERPOOL_NAME: &str = "workers.spacelift.io/workerpool-name";
+/// Key of the worker's private key in its Secret (named after the Worker, owned by it).
+pub const WORKER_SECRET_PRIVATE_KEY: &str = "privateKey";
+/// Key of the worker's public key in its Secret.
+pub const WORKER_SECRET_PUBLIC_KEY: &str = "publicKey";
 
 /// The CRD manifests, as written to `crds/`: file name and YAML.
 pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, yaml_serde::Error> {

@@ -111,6 +111,17 @@ pub struct WorkerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub finished_runs: Vec<FinishedRun>,
+    /// The message id of the newest `run.schedule` this worker took or refused. A backend
+    /// sends a worker its schedules in the order of their ids (a new dispatch waits until the
+    /// worker's previous run ended) and re-sends one under its original id, so an older copy
+    /// that `finishedRuns` no longer remembers is a redelivery of a run that ended long ago:
+    /// it creates nothing.
+    #[serde(
+        default,
+        rename = "latestScheduleID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latest_schedule_id: Option<String>,
 }
 
 /// How many finished run stages a Worker's status remembers.
@@ -135,6 +146,16 @@ pub struct CurrentRun {
     /// Whether the run Pod has been created (a missing Pod then means it was deleted).
     #[serde(default)]
     pub pod_created: bool,
+    /// The operator process that took the run, written before it creates the run Pod. Only
+    /// that process may still create a missing Pod: any other cannot tell a Pod that was never
+    /// created from one that was created and deleted meanwhile, and fails the run instead of
+    /// risking a second Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
+    /// How the run ends, decided before its Pod is deleted (a stop, a Pod stuck or deleted by
+    /// someone else). Reported, and the worker freed, once the Pod is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<FinishedRun>,
 }
 
 /// A run stage a worker finished, and the report it sent about it.

@@ -1,20 +1,26 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvFromSource, EnvVar, HostAlias, LocalObjectReference, PodDNSConfig,
-    PodSecurityContext, ResourceRequirements, SecretKeySelector, SecurityContext, Toleration,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Container, EnvFromSource, EnvVar, HostAlias, Lifecycle, LocalObjectReference,
+    PodDNSConfig, PodSecurityContext, ResourceRequirements, SecretKeySelector, SecurityContext,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::autoscaling::{Autoscaling, AutoscalingStatus};
 use crate::hooks::PluginSpec;
 
 /// The default `spec.pod.activeDeadlineSeconds`: 70 minutes.
 pub const DEFAULT_ACTIVE_DEADLINE_SECONDS: i64 = 4200;
 /// The default `spec.pod.terminationGracePeriodSeconds`.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+/// The longest WorkerPool name: a Worker is named `<pool>-<worker ULID>` (27 more) and an
+/// event about it `<worker>.<16 hex digits>` (17 more), within Kubernetes' 253.
+pub const MAX_POOL_NAME: usize = 253 - 27 - 17;
+/// What the apiserver (and `render`) says about a longer name.
+pub const POOL_NAME_MESSAGE: &str = "metadata.name: a WorkerPool name is at most 209 characters: its Workers are named <pool>-<worker ULID> (27 more) and events about them add 17, within Kubernetes' 253; choose a shorter name";
 
 /// A pool of Spacelift workers. The operator keeps `poolSize` Workers registered with the
 /// backend and creates a run Pod for each run the backend schedules on one of them.
@@ -45,7 +51,8 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
         name = "Actual pool size",
         type_ = "integer",
         json_path = ".status.actualPoolSize"
-    )
+    ),
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 209").message(POOL_NAME_MESSAGE)
 )]
 #[x_kube(
     validation = Rule::new("!has(self.token) || has(self.privateKey)")
@@ -141,6 +148,12 @@ pub struct WorkerPoolSpec {
     /// you to set things like custom resource requests and limits, volumes, and service accounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodTemplate>,
+
+    /// autoscaling sizes the pool from the runs the backend has queued for it. When set, the
+    /// operator owns poolSize (docs/autoscaling.md); when unset, poolSize is left to the user,
+    /// `kubectl scale`, an HPA or KEDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// Each plugin's name (its `name`, else its ConfigMap) appears once: it keys events, metrics
@@ -260,6 +273,12 @@ pub struct PodTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,
 
+    /// shareProcessNamespace of the run Pod: the containers see each other's processes, so a
+    /// preStop hook of the worker or launcher-grpc container can signal the run (for example
+    /// to let it save its state when the node drains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_process_namespace: Option<bool>,
+
     /// topologySpreadConstraints of the run Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
@@ -290,6 +309,9 @@ pub struct PodTemplate {
     /// initContainer configures the container that prepares the workspace. The container name is
     /// "init".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!has(self.lifecycle)").message(
+        "lifecycle hooks are not allowed on the init container (Kubernetes refuses them on init containers): set them on workerContainer or grpcServerContainer"
+    ))]
     pub init_container: Option<ContainerOverride>,
 
     /// grpcServerContainer configures the side-car used by the worker to upload the workspace and
@@ -332,6 +354,10 @@ pub struct ContainerOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
     pub image_pull_policy: Option<String>,
+    /// lifecycle (postStart, preStop) of the container. Only for workerContainer and
+    /// grpcServerContainer: Kubernetes refuses lifecycle hooks on init containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
 }
 
 /// What the operator observed of a pool.
@@ -354,9 +380,13 @@ pub struct WorkerPoolStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Registered, Degraded and PluginsReady conditions.
+    /// Ready, Registered, Degraded, HooksReady and (with spec.autoscaling) Autoscaling
+    /// conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The autoscaler's last decision and its inputs (with spec.autoscaling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 impl WorkerPool {

@@ -2,8 +2,9 @@
 //!
 //! A QoS 1 message can arrive twice: the broker redelivers what was not acknowledged before a
 //! reconnect, and a backend may re-send a run schedule after its own restart. The link hands a
-//! message to the handler once per key ([`crate::protocol::Message::dedup_key`]: run id, stage
-//! and attempt for schedules, envelope id otherwise) and acknowledges later copies itself.
+//! message to the handler once per key ([`crate::protocol::Message::dedup_key`]: worker, run
+//! id, stage and attempt for schedules, envelope id otherwise) and acknowledges later copies
+//! itself.
 //!
 //! This is a convenience, not the guarantee: it is bounded and it forgets on restart. The
 //! durable guarantee is the controller's deterministic Pod name

@@ -11,6 +11,8 @@ pub struct LinkMetrics {
     duplicates: IntCounterVec,
     published: IntCounterVec,
     publishes_refused: IntCounterVec,
+    abandoned: IntCounterVec,
+    shrunk: IntCounterVec,
     connection_attempts: IntCounterVec,
     connected: IntGaugeVec,
 }
@@ -30,6 +32,8 @@ impl LinkMetrics {
         registry.register(Box::new(metrics.duplicates.clone()))?;
         registry.register(Box::new(metrics.published.clone()))?;
         registry.register(Box::new(metrics.publishes_refused.clone()))?;
+        registry.register(Box::new(metrics.abandoned.clone()))?;
+        registry.register(Box::new(metrics.shrunk.clone()))?;
         registry.register(Box::new(metrics.connection_attempts.clone()))?;
         registry.register(Box::new(metrics.connected.clone()))?;
         Ok(metrics)
@@ -67,6 +71,16 @@ impl LinkMetrics {
                 "Publishes the broker acknowledged with an error reason (e.g. not authorized).",
                 &["link"],
             )?,
+            abandoned: counter(
+                "workerpool_link_messages_abandoned_total",
+                "Inbound messages whose handling failed for good (e.g. an answer that cannot be sent, a request the API server refuses); acknowledged anyway, so that none holds one of the link's in-flight slots. By type and error.",
+                &["link", "type", "error"],
+            )?,
+            shrunk: counter(
+                "workerpool_link_reports_shrunk_total",
+                "Reports whose texts were cut further to fit the payload cap, by type.",
+                &["link", "type"],
+            )?,
             connection_attempts: counter(
                 "workerpool_link_connection_attempts_total",
                 "Connection attempts to the broker, by result (success, failure).",
@@ -100,6 +114,24 @@ impl LinkMetrics {
 
     pub(crate) fn publish_refused(&self, link: &str) {
         self.publishes_refused.with_label_values(&[link]).inc();
+    }
+
+    pub(crate) fn abandoned(&self, link: &str, kind: &str, error: &str) {
+        self.abandoned.with_label_values(&[link, kind, error]).inc();
+    }
+
+    pub(crate) fn shrunk(&self, link: &str, kind: &str) {
+        self.shrunk.with_label_values(&[link, kind]).inc();
+    }
+
+    /// Messages of `kind` that `link`'s handler gave up on with `error`, acknowledged anyway.
+    pub fn abandoned_count(&self, link: &str, kind: &str, error: &str) -> u64 {
+        self.abandoned.with_label_values(&[link, kind, error]).get()
+    }
+
+    /// Reports of `kind` cut further to fit the payload cap on `link`.
+    pub fn shrunk_count(&self, link: &str, kind: &str) -> u64 {
+        self.shrunk.with_label_values(&[link, kind]).get()
     }
 
     pub(crate) fn connection_attempt(&self, link: &str, success: bool) {

@@ -133,7 +133,10 @@ impl Link {
             }
         };
         let broker = endpoint.broker;
-        let client_id = options.client_id.clone().unwrap_or(endpoint.client_id);
+        // Always the certificate's identity (the pool ULID, or `workerpool-backend`): the
+        // broker binds the client id to it (docs/protocol.md), and it must be stable across
+        // restarts for the broker to keep the session.
+        let client_id = endpoint.client_id;
         let mut mqtt = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
         match (broker.scheme, endpoint.tls) {
             (BrokerScheme::Tls, Some(tls)) => {
@@ -161,6 +164,7 @@ impl Link {
         mqtt.set_session_expiry_interval(Some(expiry));
         mqtt.set_manual_acks(true);
         mqtt.set_receive_maximum(Some(options.receive_maximum.max(1)));
+        mqtt.set_outgoing_inflight_upper_limit(options.outgoing_inflight.max(1));
         // The broker never sends us a packet above this. It is well above `max_payload`, so
         // an oversized payload still arrives, is counted and dropped, instead of breaking the
         // connection (rumqttc treats a too-large packet as a fatal error).
@@ -211,13 +215,31 @@ impl Link {
     }
 
     async fn publish(&self, topic: Topic, message: &Message) -> Result<(), LinkError> {
-        let payload = protocol::encode(message);
+        self.publish_with(topic, message, false).await
+    }
+
+    /// [`Link::publish`], asking the broker to retain the message when `retain`: a client
+    /// that subscribes later (a restarted operator) gets the latest one at once.
+    async fn publish_with(
+        &self,
+        topic: Topic,
+        message: &Message,
+        retain: bool,
+    ) -> Result<(), LinkError> {
+        let mut payload = protocol::encode(message);
         if payload.len() > self.max_payload {
-            return Err(LinkError::Oversized {
-                kind: message.body.kind(),
-                size: payload.len(),
-                max: self.max_payload,
-            });
+            // A report is always sendable: its texts are cut further until it fits.
+            let mut smaller = message.clone();
+            if !smaller.shrink_to_fit(self.max_payload) {
+                return Err(LinkError::Oversized {
+                    kind: message.body.kind(),
+                    size: payload.len(),
+                    max: self.max_payload,
+                });
+            }
+            tracing::warn!(link = %self.label, kind = message.body.kind(), size = payload.len(), max = self.max_payload, "a report was over the payload cap; its texts were cut to fit");
+            self.metrics.shrunk(&self.label, message.body.kind());
+            payload = protocol::encode(&smaller);
         }
         if matches!(
             *self.state.borrow(),
@@ -226,7 +248,7 @@ impl Link {
             return Err(LinkError::Closed);
         }
         self.client
-            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .publish(topic.to_string(), QoS::AtLeastOnce, retain, payload)
             .await
             .map_err(|_| LinkError::Closed)?;
         self.metrics.published(&self.label, message.body.kind());
@@ -339,6 +361,12 @@ impl PoolLink {
         self.link.state.clone()
     }
 
+    /// Counts an inbound message of `kind` whose handling failed for good with `error` (a
+    /// short label) and that was acknowledged anyway.
+    pub fn count_abandoned(&self, kind: &str, error: &str) {
+        self.link.metrics.abandoned(&self.link.label, kind, error);
+    }
+
     /// Waits until connected and subscribed; fails early if the link failed or closed.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), LinkError> {
         self.link.wait_connected(timeout).await
@@ -372,7 +400,8 @@ pub struct BackendEndpoint {
     pub namespace: String,
 }
 
-/// The backend's default client id and, for plain `mqtt://`, its username.
+/// The backend's identity: its certificate's CN, its client id and, for plain `mqtt://`, its
+/// username.
 pub const BACKEND_IDENTITY: &str = "workerpool-backend";
 
 impl BackendLink {
@@ -396,6 +425,23 @@ impl BackendLink {
     pub async fn publish(&self, pool: Ulid, message: &Message) -> Result<(), LinkError> {
         let topic = message.topic(&self.link.namespace, pool, Direction::ToPool)?;
         self.link.publish(topic, message).await
+    }
+
+    /// Queues a pool-level message to `pool` that the broker retains, so that the pool's
+    /// operator gets the latest one whenever it (re)subscribes (`pool.demand`).
+    pub async fn publish_retained(&self, pool: Ulid, message: &Message) -> Result<(), LinkError> {
+        let topic = message.topic(&self.link.namespace, pool, Direction::ToPool)?;
+        self.link.publish_with(topic, message, true).await
+    }
+
+    /// Queues `payload` as it is on `topic`, unchecked: what a faulty backend would send
+    /// (see [`crate::backend::serve::Server::publish_payload_unrecorded`]).
+    pub async fn publish_payload(&self, topic: &Topic, payload: Vec<u8>) -> Result<(), LinkError> {
+        self.link
+            .client
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| LinkError::Closed)
     }
 
     /// The connection state.

@@ -11,9 +11,6 @@ use crate::protocol::{DEFAULT_MAX_PAYLOAD, ProtocolError};
 pub struct LinkOptions {
     /// Allow `mqtt://` (no TLS, no client certificate). Off by default; logs a warning.
     pub allow_insecure: bool,
-    /// MQTT client id; defaults to the pool ULID (or `workerpool-backend`). It must be stable
-    /// across restarts for the broker to keep the session.
-    pub client_id: Option<String>,
     /// MQTT keep-alive (at least 5 s).
     pub keep_alive: Duration,
     /// How long the broker keeps the session (subscriptions and queued messages) while the
@@ -23,6 +20,11 @@ pub struct LinkOptions {
     pub max_payload: usize,
     /// How many unacknowledged messages the broker may have in flight to us.
     pub receive_maximum: u16,
+    /// How many of our own publishes may wait for the broker's acknowledgement at once (the
+    /// broker's receive maximum lowers it further; Mosquitto's default is 20). It also sizes
+    /// the MQTT client's table of unacknowledged publishes, which it allocates in full for
+    /// every connection: unbounded, that table is 14 MB per pool.
+    pub outgoing_inflight: u16,
     /// Like the Go controller's `mqttReconnectRetryCount`: how many times to retry the
     /// *first* connection before giving up ([`LinkState::Failed`]). `None` retries forever.
     /// Once connected, the link reconnects forever. (The controller replaces a failed pool
@@ -42,11 +44,11 @@ impl Default for LinkOptions {
     fn default() -> Self {
         Self {
             allow_insecure: false,
-            client_id: None,
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
             max_payload: DEFAULT_MAX_PAYLOAD,
             receive_maximum: 64,
+            outgoing_inflight: 64,
             first_connect_retries: Some(10),
             backoff: Backoff::default(),
             dedup_capacity: 10_000,

@@ -6,6 +6,9 @@
 //! file lock, so parallel test binaries share one cluster. The cluster is left running after the
 //! tests (`tests/testenv/testenv down` stops it; `.ci/run` does that).
 //!
+//! Tests that need real containers use [`real_node::real_node`]: the same cluster plus a real
+//! kubelet (`testenv up --real-node`), or a printed reason why it cannot run here.
+//!
 //! Set `WORKERPOOL_TEST_KUBECONFIG=/path/to/kubeconfig` to run against another cluster instead
 //! (plain `KUBECONFIG` is deliberately ignored, so a developer's real cluster is never touched).
 //! Set `WORKERPOOL_TEST_KEEP_NAMESPACES=1` to keep each test's namespace for debugging.
@@ -24,6 +27,8 @@
 //! }
 //! ```
 #![allow(dead_code)]
+
+pub mod real_node;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -74,6 +79,19 @@ pub struct Cluster {
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `plugins/target/wasm`, after `plugins/build` built every example once per test process.
+pub fn plugins_dir() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(repo_root().join("plugins/build"))
+            .arg("--quiet")
+            .status()
+            .expect("plugins/build runs");
+        assert!(status.success(), "plugins/build failed");
+        repo_root().join("plugins/target/wasm")
+    })
 }
 
 /// `tests/testenv/testenv`.
