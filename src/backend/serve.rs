@@ -349,12 +349,17 @@ struct LastSent {
 
 /// The demand of each pool, from the store's counts: queued runs can start as soon as a
 /// worker is free; a tracked run whose plan awaits confirmation waits on a person, so it is
-/// pending but not schedulable.
+/// pending but not schedulable; a run dispatched and not accepted yet names its worker, which
+/// the operator then counts busy before its Worker says so.
 pub fn demand_of(pool: &PoolGauges) -> PoolDemand {
     let count = |n: i64| u32::try_from(n).unwrap_or(0);
+    let mut dispatched_workers = pool.dispatched.clone();
+    dispatched_workers.dedup();
+    dispatched_workers.truncate(crate::protocol::MAX_DISPATCHED_WORKERS);
     PoolDemand {
         pending_runs: count(pool.pending).saturating_add(count(pool.awaiting_confirmation)),
         schedulable_runs: count(pool.pending),
+        dispatched_workers,
     }
 }
 

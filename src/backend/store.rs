@@ -325,19 +325,38 @@ impl Store {
                      FROM pools p ORDER BY p.name",
                 )
                 .map_err(db)?;
-            stmt.query_map([], |r| {
-                Ok(PoolGauges {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    pending: r.get(2)?,
-                    awaiting_confirmation: r.get(3)?,
-                    workers: r.get(4)?,
-                    busy: r.get(5)?,
+            let mut pools = stmt
+                .query_map([], |r| {
+                    Ok(PoolGauges {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        pending: r.get(2)?,
+                        awaiting_confirmation: r.get(3)?,
+                        workers: r.get(4)?,
+                        busy: r.get(5)?,
+                        dispatched: Vec::new(),
+                    })
                 })
-            })
-            .map_err(db)?
-            .collect::<Result<_, _>>()
-            .map_err(db)
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            let mut dispatched = conn
+                .prepare(
+                    "SELECT pool_id, worker_id FROM runs
+                     WHERE state = 'dispatched' AND worker_id IS NOT NULL
+                     ORDER BY pool_id, worker_id",
+                )
+                .map_err(db)?;
+            let rows = dispatched
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(db)?;
+            for row in rows {
+                let (pool, worker) = row.map_err(db)?;
+                if let Some(gauges) = pools.iter_mut().find(|g| g.id == pool) {
+                    gauges.dispatched.push(worker);
+                }
+            }
+            Ok(pools)
         })
     }
 }

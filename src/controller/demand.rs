@@ -5,7 +5,7 @@
 //! subscribes, and until then the autoscaler does not scale down (see
 //! [`super::autoscale`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub struct Demand {
     pub pending: u32,
     /// Of them, those that can start now.
     pub schedulable: u32,
+    /// Workers (ULIDs) holding a run the backend dispatched that they have not accepted yet.
+    pub dispatched: BTreeSet<String>,
     /// The message it came in (newer messages have larger ids).
     pub message: Ulid,
 }
@@ -123,6 +125,7 @@ impl AutoscaleMemory {
         let new = Demand {
             pending: demand.pending_runs,
             schedulable: demand.schedulable_runs,
+            dispatched: demand.dispatched_workers.iter().cloned().collect(),
             message,
         };
         {
@@ -130,7 +133,8 @@ impl AutoscaleMemory {
             match demands.get(pool) {
                 Some(known) if known.message >= message => return,
                 Some(known)
-                    if (known.pending, known.schedulable) == (new.pending, new.schedulable) =>
+                    if (known.pending, known.schedulable, &known.dispatched)
+                        == (new.pending, new.schedulable, &new.dispatched) =>
                 {
                     demands.insert(pool.clone(), new);
                     return;
@@ -287,6 +291,7 @@ mod tests {
         let demand = |pending, schedulable| PoolDemand {
             pending_runs: pending,
             schedulable_runs: schedulable,
+            ..PoolDemand::default()
         };
         memory.on_demand(&pool, new, &demand(5, 3));
         memory.on_demand(&pool, old, &demand(9, 9));

@@ -153,19 +153,47 @@ impl Body {
                 }
                 None => Ok(()),
             },
-            Body::PoolDemand(d) if d.schedulable_runs > d.pending_runs => Err((
-                "body.schedulableRuns".into(),
-                format!(
-                    "{} must not exceed pendingRuns ({}): schedulable runs are some of the pending ones",
-                    d.schedulable_runs, d.pending_runs
-                ),
-            )),
+            Body::PoolDemand(d) => validate_demand(d),
             other => match other.run() {
                 Some(r) => validate_run(&r.run_id, &r.stage, r.attempt),
                 None => Ok(()),
             },
         }
     }
+}
+
+fn validate_demand(d: &PoolDemand) -> Result<(), (String, String)> {
+    if d.schedulable_runs > d.pending_runs {
+        return Err((
+            "body.schedulableRuns".into(),
+            format!(
+                "{} must not exceed pendingRuns ({}): schedulable runs are some of the pending ones",
+                d.schedulable_runs, d.pending_runs
+            ),
+        ));
+    }
+    if d.dispatched_workers.len() > MAX_DISPATCHED_WORKERS {
+        return Err((
+            "body.dispatchedWorkers".into(),
+            format!(
+                "{} workers, more than the {MAX_DISPATCHED_WORKERS} a demand may list",
+                d.dispatched_workers.len()
+            ),
+        ));
+    }
+    for (i, worker) in d.dispatched_workers.iter().enumerate() {
+        // Canonical spelling only: the operator matches it against its Workers' ULID labels.
+        let canonical = ulid::Ulid::from_string(worker)
+            .ok()
+            .map(|id| id.to_string());
+        if canonical.as_deref() != Some(worker.as_str()) {
+            return Err((
+                format!("body.dispatchedWorkers[{i}]"),
+                format!("{worker:?} is not a canonical (uppercase) ULID"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A launcher endpoint is `https://host[:port]`: TLS always (the launcher signs its requests
@@ -471,4 +499,13 @@ pub struct PoolDemand {
     /// Of `pendingRuns`, those a worker could start now: not waiting on a person or on
     /// anything else outside the pool. At most `pendingRuns`.
     pub schedulable_runs: u32,
+    /// The workers (ULIDs) the backend has dispatched a run to that have not accepted it yet:
+    /// the operator counts them busy although their Worker does not say so yet. At most
+    /// [`MAX_DISPATCHED_WORKERS`]; a longer list is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dispatched_workers: Vec<String>,
 }
+
+/// The most workers a `pool.demand` lists as dispatched to (a pool this large is far beyond
+/// what one operator runs; the bound keeps the payload far below the link's cap).
+pub const MAX_DISPATCHED_WORKERS: usize = 1000;

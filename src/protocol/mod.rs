@@ -16,9 +16,10 @@ pub use codec::{
     decode, encode,
 };
 pub use messages::{
-    Body, DenyReason, FailureCause, Outcome, PodCreated, PoolDemand, PoolStatus, RunDenied,
-    RunFinished, RunRef, RunStop, Scope, WorkerDeregister, WorkerDeregistered, WorkerRegister,
-    WorkerRegistered, WorkerState, WorkerStatus, check_launcher_endpoint, check_stage,
+    Body, DenyReason, FailureCause, MAX_DISPATCHED_WORKERS, Outcome, PodCreated, PoolDemand,
+    PoolStatus, RunDenied, RunFinished, RunRef, RunStop, Scope, WorkerDeregister,
+    WorkerDeregistered, WorkerRegister, WorkerRegistered, WorkerState, WorkerStatus,
+    check_launcher_endpoint, check_stage,
 };
 pub use run::RunSchedule;
 pub use topic::{Direction, Topic, TopicError, backend_subscription, pool_subscriptions};

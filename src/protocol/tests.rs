@@ -140,6 +140,7 @@ fn every_message() -> Vec<(Message, Direction)> {
             Message::for_pool(Body::PoolDemand(PoolDemand {
                 pending_runs: 5,
                 schedulable_runs: 3,
+                dispatched_workers: vec![WORKER.to_string()],
             })),
             Direction::ToPool,
         ),

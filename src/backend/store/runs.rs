@@ -470,7 +470,8 @@ mod tests {
             demand(),
             crate::protocol::PoolDemand {
                 pending_runs: 1,
-                schedulable_runs: 0
+                schedulable_runs: 0,
+                ..Default::default()
             }
         );
         store.confirm_run(&run.id).unwrap();
@@ -478,11 +479,21 @@ mod tests {
             demand(),
             crate::protocol::PoolDemand {
                 pending_runs: 1,
-                schedulable_runs: 1
+                schedulable_runs: 1,
+                ..Default::default()
             },
             "confirmed, its applying stage can start now"
         );
         assert_eq!(store.dispatch(None).unwrap(), 1);
+        assert_eq!(
+            demand(),
+            crate::protocol::PoolDemand {
+                pending_runs: 0,
+                schedulable_runs: 0,
+                dispatched_workers: vec![worker.to_string()],
+            },
+            "dispatched and not accepted yet: its worker is named, so the operator counts it busy"
+        );
         send_all();
         // The worker had not accepted applying when the backend restarted: applying's schedule
         // goes again, planning's (long settled) does not.

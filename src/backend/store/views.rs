@@ -178,6 +178,8 @@ pub struct PoolGauges {
     pub workers: i64,
     /// Registered workers with a run (or reporting BUSY/DRAINING).
     pub busy: i64,
+    /// The workers holding a run dispatched to them and not accepted yet (ULIDs, sorted).
+    pub dispatched: Vec<String>,
 }
 
 /// A message waiting to be published.

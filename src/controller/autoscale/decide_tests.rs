@@ -27,6 +27,7 @@ fn demand(pending: u32, schedulable: u32) -> Option<Demand> {
     Some(Demand {
         pending,
         schedulable,
+        dispatched: Default::default(),
         message: Ulid::nil(),
     })
 }

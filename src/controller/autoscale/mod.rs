@@ -14,6 +14,7 @@ pub mod decide;
 pub mod settings;
 pub mod windows;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -120,9 +121,9 @@ pub async fn autoscale(
         _ => spec_size,
     };
 
-    let slots = slots(workers);
     let recent = ctx.autoscale.recommendations(&key);
     let demand = ctx.autoscale.demand(&key);
+    let slots = slots(workers, demand.as_ref().map(|d| &d.dispatched));
     let decision = decide::decide(&Inputs {
         settings: &settings,
         floor: Floor {
@@ -231,14 +232,21 @@ async fn write_pool_size(ctx: &Context, pool: &WorkerPool, size: i32) -> Result<
     Ok(())
 }
 
-/// What the decision needs of the pool's Workers: those being deleted are left out.
-pub fn slots(workers: &[Worker]) -> Vec<Slot> {
+/// What the decision needs of the pool's Workers: those being deleted are left out. A Worker
+/// the backend has dispatched a run to (`dispatched`, by ULID) is busy before its status says
+/// so: it is neither idle nor a candidate for removal.
+pub fn slots(workers: &[Worker], dispatched: Option<&BTreeSet<String>>) -> Vec<Slot> {
     workers
         .iter()
         .filter(|w| w.meta().deletion_timestamp.is_none())
         .map(|w| {
             let status = w.status.clone().unwrap_or_default();
-            let busy = status.current_run.is_some();
+            let dispatched_to = dispatched.is_some_and(|d| {
+                w.labels()
+                    .get(crate::crd::LABEL_ULID)
+                    .is_some_and(|ulid| d.contains(ulid))
+            });
+            let busy = status.current_run.is_some() || dispatched_to;
             let created = w
                 .meta()
                 .creation_timestamp
@@ -331,4 +339,22 @@ pub fn annotate_status(
         observed_generation: generation,
     });
     status.autoscaling = scaling.status.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures;
+
+    #[test]
+    fn a_worker_the_backend_dispatched_to_is_busy_before_its_status_says_so() {
+        let idle = fixtures::worker().build();
+        let ulid = fixtures::worker_id().to_string();
+        assert!(!slots(std::slice::from_ref(&idle), None)[0].busy);
+        let other = BTreeSet::from(["01HPS6K4BNB7BPHCDHDWFAMJNW".to_string()]);
+        assert!(!slots(std::slice::from_ref(&idle), Some(&other))[0].busy);
+        let dispatched = BTreeSet::from([ulid]);
+        let slot = &slots(std::slice::from_ref(&idle), Some(&dispatched))[0];
+        assert!(slot.busy && !slot.leaving, "{slot:?}");
+    }
 }
