@@ -200,6 +200,64 @@ async fn the_apiserver_refuses_bad_pools_naming_the_field() -> anyhow::Result<()
     ns.cleanup().await
 }
 
+/// Every field of Spacelift's controller v0.0.42 WorkerPool schema we know of (issue 15, item
+/// 5) is accepted under strict field validation and kept as written: a field the CRD does not
+/// declare is refused, and one it declares but prunes would be missing when read back.
+#[tokio::test]
+async fn every_field_of_controller_v0_0_42_is_accepted_and_kept() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("parity-0042").await?;
+    let file = support::repo_root().join("tests/fixtures/parity/controller-v0.0.42.yaml");
+    let manifest = std::fs::read_to_string(&file)?;
+    let out = ns.kubectl_output(
+        ["apply", "--server-side", "--validate=strict", "-f", "-"],
+        Some(&manifest),
+    )?;
+    assert!(out.success, "refused: {}", out.stderr);
+    let written: serde_json::Value = yaml_serde::from_str(&manifest)?;
+    let read = ns.kubectl(["get", "workerpool", "parity-v0-0-42", "-o", "json"])?;
+    let read: serde_json::Value = serde_json::from_str(&read)?;
+    let mut leaves = Vec::new();
+    leaf_paths(&written["spec"], "spec".to_string(), &mut leaves);
+    assert!(
+        leaves.len() >= 90,
+        "the fixture sets every field: {}",
+        leaves.len()
+    );
+    let missing: Vec<_> = leaves
+        .iter()
+        .filter(|(pointer, value)| read.pointer(&format!("/{pointer}")) != Some(value))
+        .map(|(pointer, value)| format!("{pointer} = {value}"))
+        .collect();
+    assert!(missing.is_empty(), "not kept as written: {missing:#?}");
+    // The operator reads the same object into its own types without losing the new fields.
+    let pool = ns.api::<WorkerPool>().get("parity-v0-0-42").await?;
+    let pod = pool.spec.pod.as_ref().expect("spec.pod");
+    assert_eq!(pod.share_process_namespace, Some(true));
+    for container in [&pod.worker_container, &pod.grpc_server_container] {
+        let lifecycle = container.as_ref().and_then(|c| c.lifecycle.as_ref());
+        assert!(lifecycle.and_then(|l| l.pre_stop.as_ref()).is_some());
+    }
+    ns.cleanup().await
+}
+
+/// Every leaf of `value` as a JSON pointer below `at` (without the leading slash) and its value.
+fn leaf_paths(value: &serde_json::Value, at: String, out: &mut Vec<(String, serde_json::Value)>) {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                leaf_paths(child, format!("{at}/{}", escape(key)), out);
+            }
+        }
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            for (i, child) in items.iter().enumerate() {
+                leaf_paths(child, format!("{at}/{i}"), out);
+            }
+        }
+        leaf => out.push((at, leaf.clone())),
+    }
+}
+
 /// A null where the schema has a default takes the default, and a null elsewhere reads as
 /// unset: either way the operator can still read every pool in the namespace.
 #[tokio::test]

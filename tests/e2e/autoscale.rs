@@ -17,8 +17,8 @@ use crate::support::{self, Outcome};
 const BURST: Duration = Duration::from_secs(240);
 
 #[tokio::test]
-async fn a_burst_of_30_runs_scales_to_max_drains_the_queue_and_returns_to_min() -> anyhow::Result<()>
-{
+async fn a_burst_of_30_runs_scales_to_max_across_a_restart_drains_the_queue_and_returns_to_min()
+-> anyhow::Result<()> {
     let mut stack = Stack::new("e2e-autoscale").await?;
     stack.create_credentials("burst", "burst")?;
     stack.start_operator(&[])?;
@@ -36,9 +36,11 @@ async fn a_burst_of_30_runs_scales_to_max_drains_the_queue_and_returns_to_min() 
     // Once the pool has grown to maxPoolSize, finish each run's Pod as it starts (as a
     // kubelet would); until then every run holds its Worker, so the demand stays at 30 however
     // slowly this machine submits. Watch the Workers throughout: never more than
-    // maxPoolSize, at any moment.
+    // maxPoolSize, at any moment, also across an operator killed (SIGKILL) and restarted
+    // while the pool is at its maximum with runs still queued.
     let started = Instant::now();
     let mut finished = BTreeSet::new();
+    let mut restarted = false;
     let (mut most_workers, mut largest_size) = (0, 0);
     loop {
         let workers = stack.worker_list().await?.len();
@@ -57,6 +59,10 @@ async fn a_burst_of_30_runs_scales_to_max_drains_the_queue_and_returns_to_min() 
             if finished.insert(pod.name_any()) {
                 stack.finish(&pod.name_any(), Outcome::Succeeded).await?;
             }
+        }
+        if !restarted && finished.len() >= 5 {
+            stack.restart_operator()?;
+            restarted = true;
         }
         let ended =
             workerpool_operator::backend::client::list_runs(&stack.backend_url, None).await?;
@@ -90,6 +96,7 @@ async fn a_burst_of_30_runs_scales_to_max_drains_the_queue_and_returns_to_min() 
         "30 runs for at most 20 workers scale the pool to 20"
     );
     assert!(most_workers <= 20);
+    assert!(restarted, "the operator was restarted during the burst");
 
     // Idle for scaleDownDelay, every Worker goes: back to minPoolSize 0.
     support::wait_for(

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeSet;
 
+use anyhow::Context as _;
 use serde_json::Value;
 use workerpool_operator::backend::client;
 
-use super::RealRuns;
+use super::{RUN_WAIT, RealRuns};
+use crate::support::wait_for;
 
 /// The instances of a resource address (`terraform_data.worker`) in a state document.
 fn instances(state: &Value, resource: &str) -> usize {
@@ -121,6 +123,62 @@ async fn a_tracked_run_plans_waits_for_confirmation_and_applies_its_saved_plan()
             format!("{}-applying-1", run.id.to_lowercase())
         ])
     );
+    runs.stack.ns.cleanup().await
+}
+
+/// Autoscaling (issue 15): a tracked run whose plan waits for a person's confirmation does not
+/// hold an autoscaled pool up. The pool grows from 0 for the plan, goes back to 0 while the
+/// run waits (pending, not schedulable), and grows again for the apply once confirmed.
+#[tokio::test]
+async fn a_plan_waiting_for_confirmation_does_not_hold_an_autoscaled_pool_up() -> anyhow::Result<()>
+{
+    let Some(runs) = RealRuns::start(
+        "real-wait",
+        "waiting",
+        0,
+        "  autoscaling:\n    maxPoolSize: 2\n    scaleDownDelay: 2s\n",
+        "    securityContext: {fsGroup: 1983}\n",
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    runs.create_stack("waits", "waiting", "hello", None, &[])
+        .await?;
+    let run = runs.trigger("waits", false).await?;
+    runs.wait_state(&run.id, &["unconfirmed"]).await?;
+    let pools = runs.stack.pools();
+    let status = wait_for(
+        "the pool back to 0 while the plan waits for confirmation",
+        RUN_WAIT,
+        || {
+            let pools = pools.clone();
+            async move {
+                let pool = pools.get("waiting").await?;
+                let autoscaling = pool.status.and_then(|s| s.autoscaling);
+                Ok(autoscaling.filter(|a| {
+                    pool.spec.pool_size == 0
+                        && a.pending_runs == Some(1)
+                        && a.schedulable_runs == Some(0)
+                }))
+            }
+        },
+    )
+    .await
+    .with_context(|| runs.stack.diagnostics())?;
+    assert_eq!(status.busy_workers, 0, "{status:?}");
+    runs.stack.wait_registered("waiting", 0).await?;
+    assert_eq!(
+        runs.stack.worker_list().await?.len(),
+        0,
+        "no Worker is kept for a run that waits on a person"
+    );
+
+    runs.confirm(&run.id).await?;
+    let done = runs.wait_state(&run.id, &["succeeded"]).await?;
+    assert_eq!(done.stage, "applying");
+    let apply_log = runs.log_text(&run.id, "applying").await?;
+    assert!(apply_log.contains("Apply complete!"), "{apply_log}");
     runs.stack.ns.cleanup().await
 }
 
