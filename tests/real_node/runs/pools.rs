@@ -197,10 +197,12 @@ spec:
         dir.path().display()
     );
     crate::support::kubectl_stdin(["apply", "-f", "-"], &pv)?;
+    // Successful Pods are kept, so that init's own output can be read when its lines are
+    // missing from the backend (below).
     runs.apply_pool(
         "cached",
         1,
-        "",
+        "  keepSuccessfulPods: true\n",
         "    binariesCacheVolume:\n      name: binaries-cache\n      persistentVolumeClaim: {claimName: binaries-cache}\n",
     )?;
     runs.create_stack(
@@ -252,6 +254,23 @@ spec:
             .find(|l| l.contains(&tool))
             .unwrap_or_default()
             .to_string();
+        if line.is_empty() {
+            // The defect being chased (see below): keep what init printed itself, which says
+            // why its lines did not reach the backend, where the suite's run leaves it.
+            let pod = format!("{}-planning-1", run.id.to_lowercase());
+            let init = runs
+                .stack
+                .ns
+                .kubectl(["logs", &pod, "-c", "init"])
+                .unwrap_or_else(|err| format!("no init log: {err:#}"));
+            let dir = crate::support::repo_root().join("target/diagnostics");
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(
+                dir.join(format!("init-lines-missing-{}.txt", run.id)),
+                &init,
+            );
+            eprintln!("init's lines are missing from the backend; init printed:\n{init}");
+        }
         said.push(line);
         logs.push(log);
         cached.push(files(dir.path()));
