@@ -32,6 +32,22 @@ fn main() -> anyhow::Result<()> {
             scale_out(size).await?;
         }
         dispatch(20).await?;
+        // Issue 15: a burst on an autoscaled pool at 0 beside the same burst on a pool
+        // pre-scaled to it (the limit: nothing to create but the run Pods).
+        let sizes: Vec<i32> = match std::env::var("WORKERPOOL_BENCH_BURSTS") {
+            Ok(list) => list.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+            Err(_) => vec![10, 50, 200],
+        };
+        for n in sizes {
+            let prescaled = burst(n, false).await?;
+            let autoscaled = burst(n, true).await?;
+            println!(
+                "| burst of {n} queued runs -> {n} run Pods Running | autoscaled from 0: {:.2} s; pre-scaled to {n} (the limit): {:.2} s; ratio {:.2} |",
+                autoscaled.as_secs_f64(),
+                prescaled.as_secs_f64(),
+                autoscaled.as_secs_f64() / prescaled.as_secs_f64()
+            );
+        }
         anyhow::Ok(())
     })
 }
@@ -91,6 +107,55 @@ async fn dispatch(runs: i32) -> anyhow::Result<()> {
         &mut to_running,
     );
     stack.ns.cleanup().await
+}
+
+/// `n` runs queued at once, from the first submit to every run's Pod Running (kwok plays the
+/// kubelet): on a pool autoscaled from 0 (max `n`), or on one pre-scaled to `n` registered
+/// workers before the clock starts.
+async fn burst(n: i32, autoscaled: bool) -> anyhow::Result<Duration> {
+    use kube::api::ListParams;
+    let mut stack = Stack::new("bench-burst").await?;
+    stack.create_credentials("bench", "bench")?;
+    stack.start_operator(&[])?;
+    let (size, spec) = if autoscaled {
+        (
+            0,
+            format!("  autoscaling:\n    maxPoolSize: {n}\n    scaleDownDelay: 10m\n"),
+        )
+    } else {
+        (n, String::new())
+    };
+    stack.apply(&pool_yaml("bench", "bench", size, &spec))?;
+    stack.wait_registered("bench", size).await?;
+    // Let the key reserve fill, as on a running operator.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    for _ in 0..n {
+        stack.submit("bench", RUNNER, &[]).await?;
+    }
+    let deadline = Duration::from_secs(600);
+    loop {
+        let pods = stack
+            .pods()
+            .list(&ListParams::default().labels(workerpool_operator::crd::LABEL_RUN_ID))
+            .await?;
+        let running = pods
+            .items
+            .iter()
+            .filter(|p| support::pod_running(p))
+            .count();
+        if running >= n as usize {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "{running} of {n} run Pods Running after {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    stack.ns.cleanup().await?;
+    Ok(elapsed)
 }
 
 fn report(what: &str, samples: &mut [Duration]) {
