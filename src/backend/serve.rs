@@ -227,6 +227,17 @@ impl Server {
         Ok(())
     }
 
+    /// Waits until the backend's link is connected and subscribed: before that, a message a
+    /// pool publishes reaches nobody if the backend never had a session with the broker.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), BackendError> {
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| BackendError::Input("the backend is shut down".to_string()))?;
+        link.wait_connected(timeout).await?;
+        Ok(())
+    }
+
     /// Stops the loops and disconnects from the broker.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

@@ -46,9 +46,15 @@ async fn start_backend_with(broker: &Broker, launcher_listen: Option<SocketAddr>
         launcher_listen,
         ..ServeOptions::default()
     };
-    Server::start(&StateDir::new(&broker.state_dir), options)
+    let server = Server::start(&StateDir::new(&broker.state_dir), options)
         .await
-        .expect("backend starts")
+        .expect("backend starts");
+    // A fresh backend has no session yet: what a pool publishes before it subscribes is lost.
+    server
+        .wait_connected(WAIT)
+        .await
+        .expect("the backend subscribed");
+    server
 }
 
 /// A pool in the broker's backend state: its credentials and the token as the run Pod reads
