@@ -163,6 +163,25 @@ impl Stack {
         self.spawn_operator()
     }
 
+    /// Stops the operator as a rollout does (SIGTERM, then waits up to a minute for it to
+    /// end) and starts it again with the same flags.
+    pub async fn roll_operator(&mut self) -> anyhow::Result<()> {
+        if let Some(mut running) = self.operator.take() {
+            let pid = running.0.id().to_string();
+            let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+            anyhow::ensure!(status.success(), "kill -TERM {pid}: {status}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while running.0.try_wait()?.is_none() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the operator did not end within a minute of SIGTERM"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        self.spawn_operator()
+    }
+
     /// Whether the operator process is still running.
     pub fn operator_running(&mut self) -> bool {
         matches!(
