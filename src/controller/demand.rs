@@ -132,9 +132,11 @@ impl AutoscaleMemory {
             let mut demands = lock(&self.demands);
             match demands.get(pool) {
                 Some(known) if known.message >= message => return,
+                // Only the dispatched workers changed: kept, but no reconcile. A run leaves
+                // the queue for a worker with the numbers changing (a nudge then), and leaves
+                // the list when its Worker turns BUSY, which wakes the pool by itself.
                 Some(known)
-                    if (known.pending, known.schedulable, &known.dispatched)
-                        == (new.pending, new.schedulable, &new.dispatched) =>
+                    if (known.pending, known.schedulable) == (new.pending, new.schedulable) =>
                 {
                     demands.insert(pool.clone(), new);
                     return;
@@ -300,5 +302,19 @@ mod tests {
         assert_eq!((known.pending, known.schedulable), (5, 3));
         assert!(wake.try_recv().is_ok(), "a nudge");
         assert!(wake.try_recv().is_err(), "one nudge, for the one change");
+
+        // Only the dispatched workers changed: taken (the next decision sees them), no nudge.
+        let worker = "01HPS6K4BNB7BPHCDHDWFAMJNV".to_string();
+        let dispatched = PoolDemand {
+            dispatched_workers: vec![worker.clone()],
+            ..demand(5, 3)
+        };
+        memory.on_demand(&pool, Ulid::from_parts(3, 0), &dispatched);
+        let known = memory.demand(&pool).expect("a demand");
+        assert_eq!(known.dispatched, BTreeSet::from([worker]));
+        assert!(
+            wake.try_recv().is_err(),
+            "no nudge for the dispatched list alone"
+        );
     }
 }
