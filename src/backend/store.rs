@@ -260,6 +260,16 @@ impl Store {
         })
     }
 
+    /// A pool by name or ULID that must exist: refused as not found, naming it and where the
+    /// pools are listed.
+    pub fn pool(&self, name_or_id: &str) -> Result<PoolView, BackendError> {
+        self.find_pool(name_or_id)?.ok_or_else(|| {
+            BackendError::NotFound(format!(
+                "no pool named {name_or_id:?}: `workerpool-backend pool list` shows the pools, `pool create` makes one"
+            ))
+        })
+    }
+
     /// A pool by name or ULID.
     pub fn find_pool(&self, name_or_id: &str) -> Result<Option<PoolView>, BackendError> {
         Ok(self
@@ -270,14 +280,7 @@ impl Store {
 
     /// Workers (of one pool, by name or ULID), including deregistered ones.
     pub fn workers(&self, pool: Option<&str>) -> Result<Vec<WorkerView>, BackendError> {
-        let pool_id = match pool {
-            Some(pool) => Some(
-                self.find_pool(pool)?
-                    .ok_or_else(|| BackendError::NotFound(format!("no pool named {pool:?}")))?
-                    .id,
-            ),
-            None => None,
-        };
+        let pool_id = pool.map(|pool| self.pool(pool)).transpose()?.map(|p| p.id);
         self.with(|conn| {
             let mut stmt = conn
                 .prepare(

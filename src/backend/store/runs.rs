@@ -30,9 +30,7 @@ impl Store {
         request: &SubmitRun,
         default_launcher_image: &str,
     ) -> Result<RunView, BackendError> {
-        let pool = self
-            .find_pool(&request.pool)?
-            .ok_or_else(|| BackendError::NotFound(format!("no pool named {:?}", request.pool)))?;
+        let pool = self.pool(&request.pool)?;
         let stage = request.stage.as_deref().unwrap_or("preparing");
         let schedule = RunSchedule {
             run_id: Ulid::generate().to_string(),
@@ -210,14 +208,7 @@ impl Store {
 
     /// Runs (of one pool, by name or ULID), newest first, with their events.
     pub fn runs(&self, pool: Option<&str>) -> Result<Vec<RunView>, BackendError> {
-        let pool_id = match pool {
-            Some(pool) => Some(
-                self.find_pool(pool)?
-                    .ok_or_else(|| BackendError::NotFound(format!("no pool named {pool:?}")))?
-                    .id,
-            ),
-            None => None,
-        };
+        let pool_id = pool.map(|pool| self.pool(pool)).transpose()?.map(|p| p.id);
         self.query_runs(None, pool_id.as_deref())
     }
 

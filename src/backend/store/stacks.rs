@@ -212,9 +212,7 @@ impl Store {
         check_tool(&request.tool, &request.tool_version)?;
         check_environment(&request.environment)?;
         check_runner_image(&request.runner_image)?;
-        let pool = self
-            .find_pool(&request.pool)?
-            .ok_or_else(|| BackendError::NotFound(format!("no pool named {:?}", request.pool)))?;
+        let pool = self.pool(&request.pool)?;
         if self.stack(&request.name)?.is_some() {
             return Err(BackendError::Conflict(format!(
                 "a stack named {:?} already exists: change it with `stack update`",
