@@ -258,10 +258,7 @@ spec:
             // The defect being chased (see below): keep what init printed itself, which says
             // why its lines did not reach the backend, where the suite's run leaves it.
             let pod = format!("{}-planning-1", run.id.to_lowercase());
-            let init = runs
-                .stack
-                .ns
-                .kubectl(["logs", &pod, "-c", "init"])
+            let init = crate::logs(&runs.stack.ns, &pod, "init")
                 .unwrap_or_else(|err| format!("no init log: {err:#}"));
             let dir = crate::support::repo_root().join("target/diagnostics");
             let _ = std::fs::create_dir_all(&dir);

@@ -168,13 +168,8 @@ async fn a_plan_waiting_for_confirmation_does_not_hold_an_autoscaled_pool_up() -
     .with_context(|| runs.stack.diagnostics())?;
     assert_eq!(status.busy_workers, 0, "{status:?}");
     // No Worker is kept for a run that waits on a person: the last one deregisters and goes.
-    let workers = runs.stack.workers();
-    wait_for("no Worker left while the plan waits", RUN_WAIT, || {
-        let workers = workers.clone();
-        async move {
-            let left = workers.list(&Default::default()).await?.items.len();
-            Ok((left == 0).then_some(()))
-        }
+    wait_for("no Worker left while the plan waits", RUN_WAIT, || async {
+        Ok(runs.stack.worker_list().await?.is_empty().then_some(()))
     })
     .await
     .with_context(|| runs.stack.diagnostics())?;
