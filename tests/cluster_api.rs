@@ -336,21 +336,24 @@ async fn every_seed_pools_run_pod_is_accepted_scheduled_and_runs() -> anyhow::Re
     let pods: Api<Pod> = ns.pods();
     let _volume = WorkspaceVolume::create(&ns.name)?;
     let mut ran = 0;
-    for file in seed_files() {
+    for (index, file) in seed_files().into_iter().enumerate() {
         // The policy example's ConfigMap document holds no WorkerPool.
         if file.ends_with("initialization-policies-configmap.yaml") {
             continue;
         }
         let pool = load_workerpool(&file)?;
-        // Each pool gets its own Worker so the Pods' owners are real objects.
-        let worker = workers
-            .create(
-                &PostParams::default(),
-                &stand_in_worker(&ns.name, &pool, "x"),
-            )
-            .await?;
-        let pod =
-            build_pod(&pool, &worker, &run()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // Each pool gets its own Worker so the Pods' owners are real objects. Several seed
+        // pools share a name; the index keeps each Worker's and each Pod's name its own, so
+        // nothing still acting on the previous file's objects by name can reach these.
+        let mut stand_in = stand_in_worker(&ns.name, &pool, "x");
+        stand_in.metadata.name = Some(format!("{}-{index}", stand_in.name_any()));
+        let worker = workers.create(&PostParams::default(), &stand_in).await?;
+        let schedule = RunSchedule {
+            attempt: index as u32 + 1,
+            ..run()
+        };
+        let pod = build_pod(&pool, &worker, &schedule)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let name = pod.name_any();
         pods.create(&PostParams::default(), &pod)
             .await
