@@ -111,8 +111,7 @@ async fn every_seed_example_applies_scales_and_prints_its_columns() -> anyhow::R
 
     // A Worker prints its pool, registration, state and run.
     let pool = load_workerpool(&seed_files()[0])?;
-    let mut worker = stand_in_worker(&ns.name, &pool, "x");
-    worker.metadata.uid = None;
+    let mut worker = stand_in_worker(&ns.name, &pool, 0);
     worker
         .annotations_mut()
         .insert(ANNOTATION_WORKERPOOL_NAME.into(), pool.name_any());
@@ -285,12 +284,16 @@ spec:
     ns.cleanup().await
 }
 
-fn stand_in_worker(ns: &str, pool: &WorkerPool, uid: &str) -> Worker {
+/// A Worker of `pool` as the operator would make it; `nth` tells apart the stand-ins of pools
+/// that share a name (the seed's examples do).
+fn stand_in_worker(ns: &str, pool: &WorkerPool, nth: usize) -> Worker {
     Worker {
         metadata: ObjectMeta {
-            name: Some(format!("{}-01hps6k4bnb7bphcdhdwfamjnv", pool.name_any())),
+            name: Some(format!(
+                "{}-01hps6k4bnb7bphcdhdwfamjnv-{nth}",
+                pool.name_any()
+            )),
             namespace: Some(ns.into()),
-            uid: Some(uid.into()),
             labels: Some(BTreeMap::from([
                 (
                     LABEL_WORKERPOOL.to_string(),
@@ -345,11 +348,14 @@ async fn every_seed_pools_run_pod_is_accepted_scheduled_and_runs() -> anyhow::Re
         // Each pool gets its own Worker so the Pods' owners are real objects. Several seed
         // pools share a name; the index keeps each Worker's and each Pod's name its own, so
         // nothing still acting on the previous file's objects by name can reach these.
-        let mut stand_in = stand_in_worker(&ns.name, &pool, "x");
-        stand_in.metadata.name = Some(format!("{}-{index}", stand_in.name_any()));
-        let worker = workers.create(&PostParams::default(), &stand_in).await?;
+        let worker = workers
+            .create(
+                &PostParams::default(),
+                &stand_in_worker(&ns.name, &pool, index),
+            )
+            .await?;
         let schedule = RunSchedule {
-            attempt: index as u32 + 1,
+            attempt: u32::try_from(index)? + 1,
             ..run()
         };
         let pod = build_pod(&pool, &worker, &schedule)
@@ -428,10 +434,7 @@ async fn a_run_pod_is_garbage_collected_with_its_worker() -> anyhow::Result<()> 
     )?;
     let workers: Api<Worker> = ns.api();
     let worker = workers
-        .create(
-            &PostParams::default(),
-            &stand_in_worker(&ns.name, &pool, "x"),
-        )
+        .create(&PostParams::default(), &stand_in_worker(&ns.name, &pool, 0))
         .await?;
     let pod = build_pod(&pool, &worker, &run())?;
     let pods: Api<Pod> = ns.pods();
