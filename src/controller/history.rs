@@ -12,7 +12,12 @@ use crate::crd::WorkerPoolSpec;
 pub struct FinishedPod {
     pub name: String,
     pub succeeded: bool,
+    /// When the outcome was recorded. The Worker's status keeps it to the second, so runs that
+    /// end within one second tie on it.
     pub finished_at: Timestamp,
+    /// When the schedule for this Pod arrived, to the nanosecond: a worker takes one run at a
+    /// time, so it orders the Pods of a worker where `finished_at` ties.
+    pub scheduled_at: Option<Timestamp>,
 }
 
 /// The retention settings of a pool.
@@ -60,7 +65,7 @@ pub fn pods_to_delete(
     for succeeded in [true, false] {
         let mut group: Vec<&FinishedPod> =
             pods.iter().filter(|p| p.succeeded == succeeded).collect();
-        group.sort_by_key(|p| p.finished_at);
+        group.sort_by_key(|p| (p.finished_at, p.scheduled_at));
         let (limit, ttl) = if succeeded {
             if !retention.keeps_successful() {
                 delete.extend(group.iter().map(|p| p.name.clone()));
@@ -98,6 +103,7 @@ mod tests {
             name: name.into(),
             succeeded,
             finished_at: at(minute),
+            scheduled_at: None,
         }
     }
 
@@ -136,6 +142,27 @@ mod tests {
         };
         let (delete, _) = pods_to_delete(&pods(), &retention, at(10));
         assert_eq!(delete, ["ok-1", "ok-2", "bad-1"]);
+    }
+
+    #[test]
+    fn runs_that_end_in_the_same_second_are_ordered_by_their_schedule() {
+        let scheduled = |nanos| Some(Timestamp::from_nanosecond(nanos).unwrap());
+        // Listed newest first, as a List in name order may give them.
+        let pods = [
+            FinishedPod {
+                scheduled_at: scheduled(1_700_000_000_900_000_000),
+                ..pod("a-newer", false, 1)
+            },
+            FinishedPod {
+                scheduled_at: scheduled(1_700_000_000_100_000_000),
+                ..pod("b-older", false, 1)
+            },
+        ];
+        let retention = Retention {
+            failed_limit: Some(1),
+            ..Retention::default()
+        };
+        assert_eq!(pods_to_delete(&pods, &retention, at(10)).0, ["b-older"]);
     }
 
     #[test]

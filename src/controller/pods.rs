@@ -185,15 +185,12 @@ pub async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Ac
         .filter(|p| p.meta().deletion_timestamp.is_none())
         .filter_map(|p| {
             let outcome = p.annotations().get(ANNOTATION_OUTCOME)?;
-            let finished_at = p
-                .annotations()
-                .get(ANNOTATION_FINISHED_AT)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_else(Timestamp::now);
+            let at = |key| p.annotations().get(key).and_then(|t| t.parse().ok());
             Some(FinishedPod {
                 name: p.name_any(),
                 succeeded: outcome == "succeeded",
-                finished_at,
+                finished_at: at(ANNOTATION_FINISHED_AT).unwrap_or_else(Timestamp::now),
+                scheduled_at: at(ANNOTATION_SCHEDULED_AT),
             })
         })
         .collect();
