@@ -10,6 +10,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, ResourceExt};
 use ulid::Ulid;
 
+use super::cache::Caches;
 use super::demand::AutoscaleMemory;
 use super::error::{Error, Step};
 use super::keys::KeySource;
@@ -37,6 +38,10 @@ pub struct Context {
     pub started: StartedPods,
     /// The last state of run Pods this process saw ended, or saw deleted.
     pub vanished: VanishedPods,
+    /// The watches' stores and this process's own writes: what is read without a request.
+    pub caches: Caches,
+    /// When this process last sent each worker's registration.
+    pub registrations: Registrations,
     worker_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -67,6 +72,8 @@ impl Context {
             instance: Ulid::generate().to_string(),
             started: StartedPods::default(),
             vanished: VanishedPods::default(),
+            caches: Caches::default(),
+            registrations: Registrations::default(),
             worker_locks: Mutex::default(),
         })
     }
@@ -93,17 +100,38 @@ impl Context {
 
     /// Takes the worker's lock and reads the Worker under it: what the caller decides from this
     /// copy cannot be overtaken by another handler of the same worker while the guard lives.
+    /// The copy is the cache's ([`Caches`]: never older than this process's own last write of
+    /// it); every write made from it is conditional on its resourceVersion.
     pub async fn locked_worker(
         &self,
         namespace: &str,
         name: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Option<Worker>), Error> {
         let guard = self.worker_lock(namespace, name).await;
+        let worker = self.read_worker(namespace, name).await?;
+        Ok((guard, worker))
+    }
+
+    /// Worker `namespace/name` from the cache, or from the API server when the cache does not
+    /// have it.
+    pub async fn read_worker(&self, namespace: &str, name: &str) -> Result<Option<Worker>, Error> {
+        match self.caches.worker(namespace, name) {
+            Some(worker) => Ok(Some((*worker).clone())),
+            None => self.fresh_worker(namespace, name).await,
+        }
+    }
+
+    /// Worker `namespace/name` from the API server: for decisions that no conditional write
+    /// guards (refusing a run, deleting a Pod no record stands for).
+    pub async fn fresh_worker(&self, namespace: &str, name: &str) -> Result<Option<Worker>, Error> {
         let worker = Api::<Worker>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
             .await
             .map_err(Error::api(Step::ReadWorker, format!("{namespace}/{name}")))?;
-        Ok((guard, worker))
+        if let Some(worker) = &worker {
+            self.caches.wrote_worker(worker);
+        }
+        Ok(worker)
     }
 
     /// Records an event on an object; failures only log (events are best effort).
@@ -125,6 +153,34 @@ impl Context {
         if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(reason, error = %err, "could not record an event");
         }
+    }
+}
+
+/// When this process last sent each worker's registration: a worker the backend has not
+/// confirmed yet is sent it again only after [`REGISTRATION_PATIENCE`], so that a new worker
+/// registers once (its reconciler sees it unregistered a moment after its creation).
+#[derive(Default)]
+pub struct Registrations(Mutex<HashMap<String, Instant>>);
+
+/// How long a sent registration is waited for before it is sent again.
+pub const REGISTRATION_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Registrations {
+    /// Notes that the registration of `namespace/name` was sent now.
+    pub fn sent(&self, namespace: &str, name: &str) {
+        let mut sent = lock(&self.0);
+        if sent.len() > 10_000 {
+            sent.retain(|_, at| at.elapsed() < REGISTRATION_PATIENCE);
+        }
+        sent.insert(format!("{namespace}/{name}"), Instant::now());
+    }
+
+    /// How long to wait before sending the registration of `namespace/name` again (None: send
+    /// it now).
+    pub fn wait_before_resending(&self, namespace: &str, name: &str) -> Option<Duration> {
+        let sent = lock(&self.0);
+        let at = sent.get(&format!("{namespace}/{name}"))?;
+        REGISTRATION_PATIENCE.checked_sub(at.elapsed())
     }
 }
 

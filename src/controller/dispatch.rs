@@ -22,7 +22,7 @@ use super::error::{Error, Retry, Step};
 use super::links::record_failure;
 use super::records::{report_message, worker_name};
 use super::workers::{register_again, state_message, worker_ulid};
-use super::{Context, PoolHandle, messages};
+use super::{Context, PoolHandle, cache, messages};
 use crate::crd::{LABEL_WORKERPOOL, Worker};
 use crate::link::Inbound;
 use crate::protocol::Message;
@@ -209,8 +209,9 @@ impl Turns {
 
 /// Re-sends every worker's state (and the registration of unregistered ones) so the backend can
 /// reconcile after a reconnect or a controller restart: no lost or phantom runs. Each worker is
-/// re-read under its lock, so a state sent here is never older than a run message sent by a
-/// handler (a stale IDLE after `run.accepted` would make the backend fail the run).
+/// read under its lock from the cache, which is never older than this process's own writes, so
+/// a state sent here is never older than a run message sent by a handler (a stale IDLE after
+/// `run.accepted` would make the backend fail the run).
 ///
 /// After a (re)connection (`reconnected`), the reports of the worker's recently finished runs
 /// go first, under their original message ids: a report still queued in a process that
@@ -229,16 +230,27 @@ async fn report_all_states(
     reconnected: bool,
 ) -> Result<(), Error> {
     let namespace = &link.key.namespace;
-    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!("{LABEL_WORKERPOOL}={}", link.pool_id);
-    let names: Vec<String> = workers
-        .list_metadata(&ListParams::default().labels(&selector))
+    let pool_id = link.pool_id.to_string();
+    // From the cache when there is one: a heartbeat costs the API server nothing.
+    let names: Vec<String> = match ctx
+        .caches
+        .workers(namespace, cache::of_pool(&pool_id))
         .await
-        .map_err(Error::api(Step::ListWorkers, format!("pool {}", link.key)))?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    {
+        Some(workers) => workers.iter().map(|w| w.name_any()).collect(),
+        None => {
+            let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
+            let selector = format!("{LABEL_WORKERPOOL}={pool_id}");
+            workers
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::api(Step::ListWorkers, format!("pool {}", link.key)))?
+                .items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect()
+        }
+    };
     for name in names {
         let (_guard, worker) = ctx.locked_worker(namespace, &name).await?;
         let Some(worker) = worker else {
@@ -246,7 +258,11 @@ async fn report_all_states(
         };
         let deleting = worker.metadata.deletion_timestamp.is_some();
         if worker.status.as_ref().and_then(|s| s.registered) != Some(true) {
-            if !deleting {
+            let waiting = ctx
+                .registrations
+                .wait_before_resending(namespace, &name)
+                .is_some();
+            if !deleting && (reconnected || !waiting) {
                 register_again(ctx, link, &worker).await?;
             }
             continue;

@@ -98,16 +98,16 @@ impl KeySource {
         }
     }
 
-    /// One key for `pool` (any name that tells pools apart): from the reserve if possible; the
-    /// reserve is refilled in the background.
+    /// One key for `pool` (any name that tells pools apart): from the reserve if possible.
+    /// Taking does not refill the reserve: during a scale-out every core goes to the keys the
+    /// pool waits for, none to keys for later; the caller calls [`KeySource::refill`] when its
+    /// burst is over.
     pub async fn take(&self, pool: &str) -> Result<WorkerKey, KeyError> {
         let reserved = lock(&self.reserve).pop();
-        let key = match reserved {
-            Some(key) => key,
-            None => generate_on(self.cores.acquire(pool).await?).await?,
-        };
-        self.refill();
-        Ok(key)
+        match reserved {
+            Some(key) => Ok(key),
+            None => generate_on(self.cores.acquire(pool).await?).await,
+        }
     }
 
     /// How many keys are ready.

@@ -22,6 +22,7 @@
 //! memory: after a restart everything is rebuilt from there.
 
 pub mod autoscale;
+pub mod cache;
 pub mod context;
 pub mod demand;
 pub mod dispatch;
@@ -42,6 +43,7 @@ pub mod reconcile;
 pub mod records;
 mod runner;
 pub mod runs;
+pub mod sweep;
 pub mod workers;
 
 #[cfg(test)]

@@ -39,12 +39,21 @@ pub fn reported(pod: &Pod) -> bool {
 
 /// Reads run Pod `name` as the state machine needs it: its status classified, or, when it is
 /// gone, how it had ended if this process watched it go.
+///
+/// A Pod the cache has is taken from it (a stale copy only says less than the Pod does: the
+/// next change of the Pod moves the run on). One the cache does not have is read from the API
+/// server, since "gone" decides a run's end: it may be one just created.
 pub async fn seen(ctx: &Context, namespace: &str, name: &str) -> Result<PodSeen, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let pod = pods
-        .get_opt(name)
-        .await
-        .map_err(Error::api(Step::ReadPod, format!("{namespace}/{name}")))?;
+    let pod = match ctx.caches.pod(namespace, name) {
+        Some(pod) => Some(pod),
+        None => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            pods.get_opt(name)
+                .await
+                .map_err(Error::api(Step::ReadPod, format!("{namespace}/{name}")))?
+                .map(std::sync::Arc::new)
+        }
+    };
     let now = Timestamp::now();
     Ok(match pod {
         Some(pod) => PodSeen::Present(facts(&pod, now, ctx)),
@@ -80,7 +89,10 @@ pub enum Created {
 pub async fn create(ctx: &Context, namespace: &str, pod: &Pod) -> Result<Created, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     match pods.create(&post_params(), pod).await {
-        Ok(_) => Ok(Created::New),
+        Ok(created) => {
+            ctx.caches.wrote_pod(&created);
+            Ok(Created::New)
+        }
         Err(err) if is_conflict(&err) => Ok(Created::Existed),
         Err(err) => Err(err),
     }
@@ -98,8 +110,13 @@ pub async fn delete(ctx: &Context, namespace: &str, name: &str, force: bool) -> 
     } else {
         DeleteParams::default()
     };
-    ignore_not_found(pods.delete(name, &params).await)
-        .map_err(Error::api(Step::DeletePod, format!("{namespace}/{name}")))
+    let deleted = pods.delete(name, &params).await;
+    if let Some(deleting) = deleted.as_ref().ok().and_then(|d| d.as_ref().left()) {
+        ctx.caches.wrote_pod(deleting);
+    } else {
+        ctx.caches.forget_pod(namespace, name);
+    }
+    ignore_not_found(deleted).map_err(Error::api(Step::DeletePod, format!("{namespace}/{name}")))
 }
 
 /// Writes the reported outcome onto the run Pod: it says the report was sent, and retention
@@ -116,11 +133,13 @@ pub async fn mark_reported(
         ANNOTATION_OUTCOME: outcome,
         ANNOTATION_FINISHED_AT: at.to_string(),
     }}});
-    ignore_not_found(
-        pods.patch(name, &patch_params(), &Patch::Merge(&mark))
-            .await,
-    )
-    .map_err(Error::api(Step::MarkPod, format!("{namespace}/{name}")))
+    let marked = pods
+        .patch(name, &patch_params(), &Patch::Merge(&mark))
+        .await;
+    if let Ok(pod) = &marked {
+        ctx.caches.wrote_pod(pod);
+    }
+    ignore_not_found(marked).map_err(Error::api(Step::MarkPod, format!("{namespace}/{name}")))
 }
 
 /// Observes schedule -> Running, once per Pod.
@@ -141,17 +160,13 @@ pub fn observe_start(ctx: &Context, pod: &Pod, pool_ulid: &str, now: Timestamp) 
     }
 }
 
-/// Removes the worker's finished Pods that the pool does not keep; requeues for TTLs.
+/// Removes the worker's finished Pods that the pool does not keep; requeues for TTLs. The
+/// Worker, the pool and the worker's Pods come from the cache when there is one.
 pub async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Action, Error> {
     let namespace = pod.namespace().unwrap_or_default();
-    let workers_api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pool_name = workers_api
-        .get_opt(worker_name)
-        .await
-        .map_err(Error::api(
-            Step::ReadWorker,
-            format!("{namespace}/{worker_name}"),
-        ))?
+    let pool_name = ctx
+        .read_worker(&namespace, worker_name)
+        .await?
         .and_then(|worker| {
             worker
                 .annotations()
@@ -162,25 +177,40 @@ pub async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Ac
     let Some(pool_name) = pool_name else {
         return Ok(Action::await_change());
     };
-    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(pool) = pools.get_opt(&pool_name).await.map_err(Error::api(
-        Step::ReadPool,
-        format!("{namespace}/{pool_name}"),
-    ))?
-    else {
+    let pool = match ctx.caches.pool(&namespace, &pool_name) {
+        Some(pool) => Some(pool),
+        None => {
+            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+            pools
+                .get_opt(&pool_name)
+                .await
+                .map_err(Error::api(
+                    Step::ReadPool,
+                    format!("{namespace}/{pool_name}"),
+                ))?
+                .map(std::sync::Arc::new)
+        }
+    };
+    let Some(pool) = pool else {
         return Ok(Action::await_change());
     };
     let retention = Retention::of(&pool.spec);
     let Some(worker_ulid) = pod.labels().get(LABEL_WORKER) else {
         return Ok(Action::await_change());
     };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = format!("{LABEL_WORKER}={worker_ulid}");
+    let of_worker = |p: &Pod| p.labels().get(LABEL_WORKER) == Some(worker_ulid);
+    let pods: Vec<Pod> = match ctx.caches.pods(&namespace, of_worker).await {
+        Some(pods) => pods.iter().map(|p| (**p).clone()).collect(),
+        None => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let selector = format!("{LABEL_WORKER}={worker_ulid}");
+            pods.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::api(Step::ListPods, format!("worker {worker_name}")))?
+                .items
+        }
+    };
     let finished: Vec<FinishedPod> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::api(Step::ListPods, format!("worker {worker_name}")))?
-        .items
         .iter()
         .filter(|p| p.meta().deletion_timestamp.is_none())
         .filter_map(|p| {

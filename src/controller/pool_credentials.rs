@@ -68,12 +68,22 @@ async fn secret_value(
     field: &'static str,
 ) -> Result<Result<Vec<u8>, CredentialProblem>, Error> {
     let selector = &reference.secret_key_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(&selector.name).await.map_err(Error::api(
-        Step::ReadSecret,
-        format!("{namespace}/{}", selector.name),
-    ))?
-    else {
+    // Read again only when the Secret changed (its resourceVersion, from the metadata watch).
+    let secret = match ctx.caches.known_secret(namespace, &selector.name) {
+        Some(secret) => Some(secret),
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            let read = secrets.get_opt(&selector.name).await.map_err(Error::api(
+                Step::ReadSecret,
+                format!("{namespace}/{}", selector.name),
+            ))?;
+            if let Some(secret) = &read {
+                ctx.caches.read_secret(secret.clone());
+            }
+            read.map(std::sync::Arc::new)
+        }
+    };
+    let Some(secret) = secret else {
         return Ok(Err(CredentialProblem::SecretMissing {
             field,
             namespace: namespace.to_string(),

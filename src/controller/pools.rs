@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -17,7 +18,7 @@ use super::error::{Error, Step, ignore_not_found, is_conflict};
 use super::plan::{WorkerView, plan_workers};
 use super::pool_credentials::read_credentials;
 use super::pool_status::{CredentialState, Observation, pool_status, worker_counts};
-use super::{Context, MANAGER, PoolHandle, PoolKey, dispatch, workers};
+use super::{Context, MANAGER, PoolHandle, PoolKey, cache, dispatch, workers};
 use crate::crd::{LABEL_ULID, LABEL_WORKERPOOL, Worker, WorkerPool, WorkerPoolStatus, WorkerState};
 use crate::hooks::registry::{
     CONDITION_TYPE, FetchedConfigMaps, HooksCondition, REASON_LOAD_FAILED, pool_config_maps,
@@ -113,12 +114,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     let pool_ulid = link.as_ref().map(|l| l.pool_id.to_string());
     let views = views_of(&workers, pool_ulid.as_deref().unwrap_or_default());
     if let Some(ulid) = &pool_ulid {
-        let (idle, total) = worker_counts(&views);
-        ctx.metrics.worker_idle.with_label_values(&[ulid]).set(idle);
-        ctx.metrics
-            .worker_total
-            .with_label_values(&[ulid])
-            .set(total);
+        set_gauges(&ctx, ulid, &views);
     }
     let observation = Observation {
         generation: pool.meta().generation,
@@ -177,8 +173,14 @@ async fn load_hooks(ctx: &Context, pool: &Arc<WorkerPool>) -> HooksLoaded {
         ..FetchedConfigMaps::default()
     };
     for name in pool_config_maps(pool) {
+        // Read again (and decompressed again by the registry) only when it changed.
+        if let Some(known) = ctx.caches.known_config_map(&fetched.namespace, &name) {
+            fetched.found.insert(name, (*known).clone());
+            continue;
+        }
         match config_maps.get_opt(&name).await {
             Ok(Some(config_map)) => {
+                ctx.caches.read_config_map(config_map.clone());
                 fetched.found.insert(name, config_map);
             }
             Ok(None) => {}
@@ -255,11 +257,16 @@ async fn label_with_ulid(ctx: &Context, pool: &WorkerPool, ulid: &str) -> Result
     Ok(())
 }
 
-/// The pool's Workers: those it owns.
+/// The pool's Workers: those it owns, from the cache when there is one (with the Workers this
+/// process created a moment ago, so that a plan never counts short and creates too many).
 pub async fn owned_workers(ctx: &Context, pool: &WorkerPool) -> Result<Vec<Worker>, Error> {
-    let api: Api<Worker> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let namespace = pool.namespace().unwrap_or_default();
     let uid = pool.uid().unwrap_or_default();
+    let owned = |w: &Worker| w.owner_references().iter().any(|o| o.uid == uid);
+    if let Some(workers) = ctx.caches.workers(&namespace, owned).await {
+        return Ok(workers.iter().map(|w| (**w).clone()).collect());
+    }
+    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
     Ok(api
         .list(&ListParams::default())
         .await
@@ -268,6 +275,34 @@ pub async fn owned_workers(ctx: &Context, pool: &WorkerPool) -> Result<Vec<Worke
         .into_iter()
         .filter(|w| w.owner_references().iter().any(|o| o.uid == uid))
         .collect())
+}
+
+/// The pool's idle and total worker gauges.
+fn set_gauges(ctx: &Context, pool_ulid: &str, views: &[WorkerView]) {
+    let (idle, total) = worker_counts(views);
+    ctx.metrics
+        .worker_idle
+        .with_label_values(&[pool_ulid])
+        .set(idle);
+    ctx.metrics
+        .worker_total
+        .with_label_values(&[pool_ulid])
+        .set(total);
+}
+
+/// Sets the gauges of the pool registered as `pool_ulid` from the cache, when one of its
+/// Workers took or ended a run (which does not reconcile the pool).
+pub fn set_gauges_from_cache(ctx: &Context, namespace: &str, pool_ulid: &str) {
+    let Some(workers) = ctx
+        .caches
+        .workers(namespace, cache::of_pool(pool_ulid))
+        .now_or_never()
+        .flatten()
+    else {
+        return;
+    };
+    let workers: Vec<Worker> = workers.iter().map(|w| (**w).clone()).collect();
+    set_gauges(ctx, pool_ulid, &views_of(&workers, pool_ulid));
 }
 
 /// The planner's view of the Workers. A Worker registered under another pool ULID (the pool's
@@ -354,6 +389,10 @@ async fn apply_plan(
         workers::set_draining(ctx, link, &namespace, name, false).await?;
     }
     let created = join_all((0..plan.create).map(|_| workers::create_worker(ctx, pool, link))).await;
+    if plan.create > 0 {
+        // The burst is over: ready keys for the next one, on the cores it no longer needs.
+        ctx.keys.refill();
+    }
     let failures: Vec<String> = created
         .into_iter()
         .filter_map(Result::err)
@@ -410,52 +449,6 @@ fn pool_object(pool: &WorkerPool) -> String {
         pool.namespace().unwrap_or_default(),
         pool.name_any()
     )
-}
-
-/// Cleans up after deleted pools: their backend links are closed once their Workers are
-/// deregistered, and their hooks and hook metrics are forgotten once the WorkerPool is gone.
-pub async fn sweep_links(ctx: &Arc<Context>) {
-    for key in ctx.links.keys() {
-        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
-        let Ok(None) = pools.get_opt(&key.name).await else {
-            continue;
-        };
-        let Some(handle) = ctx.links.get(&key) else {
-            continue;
-        };
-        let ulid = handle.pool_id.to_string();
-        let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &key.namespace);
-        let selector = format!("{LABEL_WORKERPOOL}={ulid}");
-        if let Ok(left) = workers.list(&ListParams::default().labels(&selector)).await
-            && left.items.is_empty()
-        {
-            tracing::info!(pool = %key, "pool deleted and its workers deregistered: closing its backend link");
-            ctx.links.remove(&key);
-            ctx.metrics.forget_pool(&ulid);
-            ctx.autoscale.forget(&key);
-        }
-    }
-    forget_hooks_of_deleted_pools(ctx).await;
-}
-
-/// A pool's hooks serve only its own runs, and a run of a deleted pool is refused before its
-/// hooks are asked for: they go with the WorkerPool (or when one of the same name replaced it).
-async fn forget_hooks_of_deleted_pools(ctx: &Arc<Context>) {
-    for (scope, uid) in ctx.hooks.pools() {
-        let Some((namespace, name)) = scope.split_once('/') else {
-            continue;
-        };
-        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), namespace);
-        let gone = match pools.get_opt(name).await {
-            Ok(None) => true,
-            Ok(Some(pool)) => pool.metadata.uid != uid,
-            Err(_) => false, // try again at the next sweep
-        };
-        if gone {
-            tracing::info!(pool = %scope, "pool deleted: forgetting its hooks");
-            ctx.hooks.forget_pool(&scope, uid.as_deref());
-        }
-    }
 }
 
 /// Maps a ConfigMap to the pools in its namespace whose hooks come from it (hot reload).

@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::context::REGISTRATION_PATIENCE;
 use super::{Context, Error, pods, runs, workers};
 use crate::crd::{LABEL_WORKERPOOL, Worker, WorkerState};
 
@@ -35,16 +36,25 @@ pub async fn worker(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     if status.registered != Some(true) {
-        // Under the lock, read again: the worker may be in the middle of its creation, or
-        // registered since this (cached) copy was taken.
-        let (_guard, fresh) = ctx.locked_worker(&namespace, &name).await?;
-        if let Some(fresh) = fresh
-            && fresh.meta().deletion_timestamp.is_none()
-            && fresh.status.as_ref().and_then(|s| s.registered) != Some(true)
-        {
-            workers::register_again(&ctx, &link, &fresh).await?;
+        // A registration sent a moment ago (the worker's creation) is waited for, not sent
+        // again: a worker registers once unless the backend does not answer.
+        if let Some(wait) = ctx.registrations.wait_before_resending(&namespace, &name) {
+            return Ok(Action::requeue(wait + Duration::from_secs(1)));
         }
-        return Ok(Action::requeue(Duration::from_secs(15)));
+        // Under the lock, look again: the worker may be in the middle of its creation (which
+        // holds the lock until its registration is sent), or registered since.
+        let (_guard, current) = ctx.locked_worker(&namespace, &name).await?;
+        if ctx
+            .registrations
+            .wait_before_resending(&namespace, &name)
+            .is_none()
+            && let Some(current) = current
+            && current.meta().deletion_timestamp.is_none()
+            && current.status.as_ref().and_then(|s| s.registered) != Some(true)
+        {
+            workers::register_again(&ctx, &link, &current).await?;
+        }
+        return Ok(Action::requeue(REGISTRATION_PATIENCE));
     }
     if status.current_run.is_some() {
         let recheck = runs::drive::advance(&ctx, &namespace, &name).await?;

@@ -108,6 +108,18 @@ pub async fn settle_pod(
             Ok((None, true))
         }
         Some(Leftover::Orphan) => {
+            // Deleting a Pod is decided on the API server's copy of the Worker, never on a
+            // cached one that may not show the run that made the Pod yet.
+            let Some(worker) = ctx.fresh_worker(&namespace, worker_name).await? else {
+                return Ok((None, false));
+            };
+            let status = worker.status.clone().unwrap_or_default();
+            if !matches!(
+                machine::leftover(&status, &pod_name, pods::reported(pod)),
+                Some(Leftover::Orphan)
+            ) {
+                return Ok((Some(Duration::from_secs(1)), false));
+            }
             let note = format!(
                 "run Pod {pod_name} stands for no run of worker {worker_name} (its run ended before the Pod was created, or it was made by hand): deleted, so that it cannot run"
             );

@@ -62,8 +62,25 @@ pub async fn on_schedule(
         let reasons = vec![reason(OPERATOR_HOOK, message)];
         return answer_unrecorded(ctx, pool, worker_id, &run, reasons).await;
     };
-    let status = worker.status.clone().unwrap_or_default();
-    match machine::fit_schedule(&status, leaving(&worker), &pod_name, schedule_id) {
+    let mut fit = fit(&worker, &pod_name, schedule_id);
+    let worker = if matches!(fit, ScheduleFit::Take) {
+        worker
+    } else {
+        // The worker was read from the cache: before anything but taking the run (which a
+        // conditional write guards), read it again, so that no run is refused or resumed on
+        // a copy the watch had not brought up to date.
+        let Some(fresh) = ctx.fresh_worker(&namespace, &name).await? else {
+            let message = format!(
+                "worker {worker_id} is not a Worker of WorkerPool {}",
+                pool.key
+            );
+            let reasons = vec![reason(OPERATOR_HOOK, message)];
+            return answer_unrecorded(ctx, pool, worker_id, &run, reasons).await;
+        };
+        fit = self::fit(&fresh, &pod_name, schedule_id);
+        fresh
+    };
+    match fit {
         ScheduleFit::Take => {
             let taking = Taking {
                 worker: &worker,
@@ -88,6 +105,11 @@ pub async fn on_schedule(
             deny(ctx, pool, &worker, &run, &pod_name, schedule_id, reasons).await
         }
     }
+}
+
+fn fit(worker: &Worker, pod_name: &str, schedule_id: Ulid) -> ScheduleFit {
+    let status = worker.status.clone().unwrap_or_default();
+    machine::fit_schedule(&status, leaving(worker), pod_name, schedule_id)
 }
 
 /// A schedule the worker takes.
@@ -149,12 +171,19 @@ async fn build(
     schedule: &RunSchedule,
     received: Timestamp,
 ) -> Result<Built, Error> {
-    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &pool.key.namespace);
-    let Some(workerpool) = pools
-        .get_opt(&pool.key.name)
-        .await
-        .map_err(Error::api(Step::ReadPool, pool.key.to_string()))?
-    else {
+    let cached = ctx.caches.pool(&pool.key.namespace, &pool.key.name);
+    let workerpool = match cached {
+        Some(workerpool) => Some(workerpool),
+        None => {
+            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &pool.key.namespace);
+            pools
+                .get_opt(&pool.key.name)
+                .await
+                .map_err(Error::api(Step::ReadPool, pool.key.to_string()))?
+                .map(Arc::new)
+        }
+    };
+    let Some(workerpool) = workerpool else {
         let message = format!("WorkerPool {} no longer exists", pool.key);
         return Ok(Built::Refused(vec![reason(OPERATOR_HOOK, message)]));
     };

@@ -18,12 +18,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use ulid::Ulid;
 
-use super::super::error::{Error, Step, ignore_not_found, is_conflict, is_not_found};
+use super::super::error::{Error, Step, ignore_not_found, is_conflict};
 use super::super::keys::WorkerKey;
 use super::super::machine::{self, Leave};
 use super::super::{Context, FINALIZER, PoolHandle};
 use super::status::{
-    patch_params, post_params, state_message, update_status, worker_ulid, write_status,
+    Write, patch_params, patch_worker, post_params, state_message, update_status, worker_ulid,
 };
 use crate::crd::{
     ANNOTATION_WORKERPOOL_NAME, LABEL_ULID, LABEL_WORKERPOOL, WORKER_SECRET_PRIVATE_KEY,
@@ -86,12 +86,15 @@ async fn create_worker_inner(
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = format!("{namespace}/{name}");
     // Held until the registration is sent: the Worker reconciler, which sees the new Worker at
-    // once, must not take it for one whose key Secret was lost (see `register_again`).
+    // once, must not take it for one whose key Secret was lost (see `register_again`), nor
+    // register it a second time (see `Registrations`).
     let _guard = ctx.worker_lock(&namespace, &name).await;
     let worker = workers
         .create(&post_params(), &worker)
         .await
         .map_err(Error::api(Step::CreateWorker, &object))?;
+    // Counted by the pool's next plan even before the watch delivers it.
+    ctx.caches.wrote_worker(&worker);
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     match secrets
@@ -102,14 +105,9 @@ async fn create_worker_inner(
         Err(err) if is_conflict(&err) => {}
         Err(err) => return Err(Error::api(Step::WriteKeySecret, &object)(err)),
     }
-    let status = WorkerStatus {
-        state: Some(WorkerState::Idle),
-        registered: Some(false),
-        replicas: Some(0),
-        ..WorkerStatus::default()
-    };
-    write_status(ctx, &worker, &status).await?;
-    register(link, &worker, &key.public_key_pem).await?;
+    // No status yet: a Worker without one is IDLE and unregistered (printed empty until the
+    // backend confirms), and `worker.registered` writes the first.
+    register(ctx, link, &worker, &key.public_key_pem).await?;
     tracing::info!(pool = %link.key, worker = %name, "worker created");
     Ok(())
 }
@@ -152,7 +150,12 @@ fn key_secret(worker: &Worker, key: &WorkerKey) -> Secret {
 
 /// Sends the worker's registration. The backend answers `worker.registered`
 /// ([`on_registered`]).
-async fn register(link: &PoolHandle, worker: &Worker, public_key: &str) -> Result<(), Error> {
+async fn register(
+    ctx: &Context,
+    link: &PoolHandle,
+    worker: &Worker,
+    public_key: &str,
+) -> Result<(), Error> {
     let body = Body::WorkerRegister(WorkerRegister {
         name: worker.name_any(),
         public_key: public_key.to_string(),
@@ -176,7 +179,10 @@ async fn register(link: &PoolHandle, worker: &Worker, public_key: &str) -> Resul
         ]),
     });
     link.send(&Message::for_worker(worker_ulid(worker)?, body))
-        .await
+        .await?;
+    ctx.registrations
+        .sent(&worker.namespace().unwrap_or_default(), &worker.name_any());
+    Ok(())
 }
 
 /// Sends the registration of a worker the backend has not confirmed yet. The caller holds the
@@ -205,7 +211,7 @@ pub async fn register_again(
         Some(public_key) => public_key,
         None => recreate_key(ctx, link, &secrets, worker, secret.is_some()).await?,
     };
-    register(link, worker, &public_key).await
+    register(ctx, link, worker, &public_key).await
 }
 
 fn public_key_of(secret: &Secret) -> Option<String> {
@@ -265,6 +271,7 @@ pub async fn on_registered(ctx: &Context, namespace: &str, name: &str) -> Result
         (status.registered != Some(true)).then(|| WorkerStatus {
             registered: Some(true),
             state: status.state.or(Some(WorkerState::Idle)),
+            replicas: status.replicas.or(Some(0)),
             ..status.clone()
         })
     })
@@ -351,39 +358,23 @@ pub async fn delete_worker(ctx: &Context, namespace: &str, name: &str) -> Result
 
 /// Drops the deregistration finalizer (the backend confirmed, or the deadline passed).
 pub async fn remove_finalizer(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
-    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
-    let object = format!("{namespace}/{name}");
-    for _ in 0..5 {
-        let Some(worker) = api
-            .get_opt(name)
-            .await
-            .map_err(Error::api(Step::ReadWorker, &object))?
-        else {
-            return Ok(());
-        };
+    let write = Write {
+        step: Step::RemoveFinalizer,
+        status: false,
+    };
+    patch_worker(ctx, namespace, name, write, |worker| {
         let finalizers: Vec<String> = worker
             .finalizers()
             .iter()
             .filter(|f| *f != FINALIZER)
             .cloned()
             .collect();
-        if finalizers.len() == worker.finalizers().len() {
-            return Ok(());
-        }
-        let patch = json!({"metadata": {"resourceVersion": worker.resource_version(), "finalizers": finalizers}});
-        match api
-            .patch(name, &patch_params(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(err) if is_conflict(&err) => continue,
-            Err(err) if is_not_found(&err) => return Ok(()),
-            Err(err) => return Err(Error::api(Step::RemoveFinalizer, &object)(err)),
-        }
-    }
-    Err(Error::Conflict {
-        object: format!("Worker {object}"),
+        (finalizers.len() != worker.finalizers().len()).then(|| {
+            json!({"metadata": {"resourceVersion": worker.resource_version(), "finalizers": finalizers}})
+        })
     })
+    .await?;
+    Ok(())
 }
 
 /// A deleted Worker's way out ([`machine::leave`]): its run ends first, then it deregisters

@@ -28,8 +28,8 @@ pub fn post_params() -> PostParams {
     }
 }
 
-/// Changes a Worker's status with `change` (None: nothing to do), re-reading it and trying
-/// again on conflicts. Returns the updated Worker, or None when it does not exist or nothing
+/// Changes a Worker's status with `change` (None: nothing to do), conditional on the version
+/// it was computed from. Returns the updated Worker, or None when it does not exist or nothing
 /// changed.
 pub async fn update_status(
     ctx: &Context,
@@ -37,50 +37,72 @@ pub async fn update_status(
     name: &str,
     change: impl Fn(&WorkerStatus) -> Option<WorkerStatus>,
 ) -> Result<Option<Worker>, Error> {
+    let write = Write {
+        step: Step::WriteWorkerStatus,
+        status: true,
+    };
+    patch_worker(ctx, namespace, name, write, |worker| {
+        let status = change(&worker.status.clone().unwrap_or_default())?;
+        Some(status_patch(worker, &status))
+    })
+    .await
+}
+
+/// What a [`patch_worker`] writes: the status subresource or the object, and the step it is.
+pub(super) struct Write {
+    pub step: Step,
+    pub status: bool,
+}
+
+/// Writes the merge patch `change` computes from the Worker (None: nothing to do), which must
+/// name the resourceVersion it was computed from. The first try computes it from the cache
+/// (no request), every try after a conflict from a fresh read. Returns the updated Worker, or
+/// None when it does not exist or nothing changed.
+pub(super) async fn patch_worker(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    write: Write,
+    change: impl Fn(&Worker) -> Option<serde_json::Value>,
+) -> Result<Option<Worker>, Error> {
     let api: Api<Worker> = Api::namespaced(ctx.client.clone(), namespace);
     let object = format!("{namespace}/{name}");
+    let mut conflicted = false;
     for _ in 0..5 {
-        let Some(worker) = api
-            .get_opt(name)
-            .await
-            .map_err(Error::api(Step::ReadWorker, &object))?
-        else {
+        let worker = if conflicted {
+            ctx.fresh_worker(namespace, name).await?
+        } else {
+            ctx.read_worker(namespace, name).await?
+        };
+        let Some(worker) = worker else {
             return Ok(None);
         };
-        let Some(status) = change(&worker.status.clone().unwrap_or_default()) else {
+        let Some(patch) = change(&worker) else {
             return Ok(None);
         };
-        let patch = status_patch(&worker, &status);
-        match api
-            .patch_status(name, &patch_params(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(updated) => return Ok(Some(updated)),
-            Err(err) if is_conflict(&err) => continue,
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) => return Err(Error::api(Step::WriteWorkerStatus, &object)(err)),
+        let written = if write.status {
+            api.patch_status(name, &patch_params(), &Patch::Merge(&patch))
+                .await
+        } else {
+            api.patch(name, &patch_params(), &Patch::Merge(&patch))
+                .await
+        };
+        match written {
+            Ok(updated) => {
+                ctx.caches.wrote_worker(&updated);
+                return Ok(Some(updated));
+            }
+            Err(err) if is_conflict(&err) => conflicted = true,
+            Err(err) if is_not_found(&err) => {
+                ctx.caches.forget_worker(namespace, name);
+                return Ok(None);
+            }
+            Err(err) => return Err(Error::api(write.step, &object)(err)),
         }
     }
     Err(Error::Conflict {
         object: format!("Worker {object}"),
     })
-}
-
-/// Replaces a new Worker's status, failing on a concurrent change.
-pub async fn write_status(
-    ctx: &Context,
-    worker: &Worker,
-    status: &WorkerStatus,
-) -> Result<Worker, Error> {
-    let namespace = worker.namespace().unwrap_or_default();
-    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = status_patch(worker, status);
-    api.patch_status(&worker.name_any(), &patch_params(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::api(
-            Step::WriteWorkerStatus,
-            format!("{namespace}/{}", worker.name_any()),
-        ))
 }
 
 /// A merge patch that sets `status` on the version of `worker` that was read. A merge patch
