@@ -252,26 +252,51 @@ impl Server {
     }
 }
 
+/// The most inbound messages applied in one transaction.
+const MAX_INBOUND_BATCH: usize = 256;
+
+/// Applies what arrives, a burst at a time: every message already waiting goes into one
+/// transaction (one fsync), and each is acknowledged only after that commit.
 async fn inbound_loop(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
-    while let Some(delivery) = inbound.recv().await {
-        let pool = delivery.topic.pool;
-        let message = delivery.message.clone();
-        let kind = message.body.kind();
-        match blocking(&shared.store, move |s| s.apply_inbound(pool, &message)).await {
-            Ok(applied) => {
-                if applied == Applied::UnknownPool {
-                    tracing::warn!(%pool, kind, "message from a pool this backend does not know; ignored");
-                }
-                if let Err(err) = delivery.ack().await {
-                    tracing::warn!(error = %err, "could not acknowledge; the broker will redeliver");
-                }
-                shared.wake.notify_one();
-            }
-            // Not acknowledged: the broker redelivers it after the next reconnect.
+    let mut burst = Vec::with_capacity(MAX_INBOUND_BATCH);
+    while inbound.recv_many(&mut burst, MAX_INBOUND_BATCH).await > 0 {
+        let messages: Vec<(Ulid, Message)> = burst
+            .iter()
+            .map(|d: &Inbound| (d.topic.pool, d.message.clone()))
+            .collect();
+        let applied = blocking(&shared.store, move |s| {
+            let refs: Vec<(Ulid, &Message)> = messages.iter().map(|(p, m)| (*p, m)).collect();
+            s.apply_inbound_all(&refs)
+        })
+        .await;
+        let results = match applied {
+            Ok(results) => results,
             Err(err) => {
-                tracing::error!(%pool, kind, error = %err, "could not apply an inbound message")
+                // None acknowledged: the broker redelivers them after the next reconnect.
+                tracing::error!(count = burst.len(), error = %err, "could not apply inbound messages");
+                burst.clear();
+                continue;
+            }
+        };
+        for (delivery, result) in burst.drain(..).zip(results) {
+            let pool = delivery.topic.pool;
+            let kind = delivery.message.body.kind();
+            match result {
+                Ok(applied) => {
+                    if applied == Applied::UnknownPool {
+                        tracing::warn!(%pool, kind, "message from a pool this backend does not know; ignored");
+                    }
+                    if let Err(err) = delivery.ack().await {
+                        tracing::warn!(error = %err, "could not acknowledge; the broker will redeliver");
+                    }
+                }
+                // Not acknowledged: the broker redelivers it after the next reconnect.
+                Err(err) => {
+                    tracing::error!(%pool, kind, error = %err, "could not apply an inbound message")
+                }
             }
         }
+        shared.wake.notify_one();
     }
 }
 
@@ -318,10 +343,20 @@ async fn dispatch_once(
         if batch.is_empty() {
             break;
         }
+        // Published one by one, marked sent together: a crash in between re-sends them
+        // under their ids, which the workers de-duplicate.
+        let mut sent = Vec::with_capacity(batch.len());
+        let mut failed = None;
         for entry in batch {
-            link.publish(entry.pool_id, &entry.message).await?;
-            let seq = entry.seq;
-            blocking(&shared.store, move |s| s.mark_sent(seq)).await?;
+            if let Err(err) = link.publish(entry.pool_id, &entry.message).await {
+                failed = Some(err);
+                break;
+            }
+            sent.push(entry.seq);
+        }
+        blocking(&shared.store, move |s| s.mark_sent_all(&sent)).await?;
+        if let Some(err) = failed {
+            return Err(err.into());
         }
     }
     let gauges = blocking(&shared.store, |s| s.gauges()).await?;

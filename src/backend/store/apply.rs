@@ -1,4 +1,4 @@
-//! Applying inbound messages and dispatching queued runs, each in one transaction.
+//! Applying inbound messages (a burst in one transaction) and dispatching queued runs.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use ulid::Ulid;
@@ -35,30 +35,35 @@ impl Store {
     /// Applies one inbound message from `pool` exactly once (by message id), recording it as
     /// an event and queueing any reply in the outbox.
     pub fn apply_inbound(&self, pool: Ulid, message: &Message) -> Result<Applied, BackendError> {
+        self.apply_inbound_all(&[(pool, message)])?
+            .pop()
+            .unwrap_or(Ok(Applied::Duplicate))
+    }
+
+    /// [`Store::apply_inbound`] for a burst of messages, in one transaction (one commit, one
+    /// fsync, for all of them). Each message is applied under a savepoint of its own: one
+    /// that fails is rolled back alone and answered with its error, in order, while the others
+    /// commit. Only a failure of the transaction itself fails them all.
+    pub fn apply_inbound_all(
+        &self,
+        messages: &[(Ulid, &Message)],
+    ) -> Result<Vec<Result<Applied, BackendError>>, BackendError> {
         self.with(|conn| {
             let tx = conn.transaction().map_err(db)?;
-            let pool_id = pool.to_string();
-            let known: Option<String> = tx
-                .query_row("SELECT id FROM pools WHERE id = ?1", [&pool_id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(db)?;
-            if known.is_none() {
-                return Ok(Applied::UnknownPool);
+            let mut results = Vec::with_capacity(messages.len());
+            for (pool, message) in messages {
+                tx.execute_batch("SAVEPOINT inbound").map_err(db)?;
+                let result = apply_once(&tx, *pool, message);
+                let end = if result.is_ok() {
+                    "RELEASE inbound"
+                } else {
+                    "ROLLBACK TO inbound; RELEASE inbound"
+                };
+                tx.execute_batch(end).map_err(db)?;
+                results.push(result);
             }
-            let inserted = tx
-                .execute(
-                    "INSERT OR IGNORE INTO inbox (message_id, received_at) VALUES (?1, ?2)",
-                    params![message.id.to_string(), now()],
-                )
-                .map_err(db)?;
-            if inserted == 0 {
-                return Ok(Applied::Duplicate);
-            }
-            apply(&tx, pool, message)?;
             tx.commit().map_err(db)?;
-            Ok(Applied::Applied)
+            Ok(results)
         })
     }
 
@@ -127,6 +132,35 @@ impl Store {
             Ok(dispatched)
         })
     }
+}
+
+/// Applies `message` unless its id was applied before; inside the caller's transaction.
+fn apply_once(
+    tx: &Transaction<'_>,
+    pool: Ulid,
+    message: &Message,
+) -> Result<Applied, BackendError> {
+    let pool_id = pool.to_string();
+    let known: Option<String> = tx
+        .query_row("SELECT id FROM pools WHERE id = ?1", [&pool_id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db)?;
+    if known.is_none() {
+        return Ok(Applied::UnknownPool);
+    }
+    let inserted = tx
+        .execute(
+            "INSERT OR IGNORE INTO inbox (message_id, received_at) VALUES (?1, ?2)",
+            params![message.id.to_string(), now()],
+        )
+        .map_err(db)?;
+    if inserted == 0 {
+        return Ok(Applied::Duplicate);
+    }
+    apply(tx, pool, message)?;
+    Ok(Applied::Applied)
 }
 
 fn load_schedule(tx: &Transaction<'_>, run_id: &str) -> Result<RunSchedule, BackendError> {
@@ -481,4 +515,80 @@ fn cause_name(cause: FailureCause) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{cause:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WorkerRegister;
+
+    fn register(worker: Ulid) -> Message {
+        Message::for_worker(
+            worker,
+            Body::WorkerRegister(WorkerRegister {
+                name: format!("p-{}", worker.to_string().to_lowercase()),
+                public_key: "key".into(),
+                metadata: Default::default(),
+            }),
+        )
+    }
+
+    #[test]
+    fn a_burst_is_applied_in_order_and_a_failing_message_is_rolled_back_alone() {
+        let store = Store::open_in_memory().unwrap();
+        let pool = Ulid::generate();
+        store.insert_pool(pool, "p").unwrap();
+        let [w1, w2, w3] = [Ulid::generate(), Ulid::generate(), Ulid::generate()];
+        // The second worker's event cannot be written: its message fails half-way through,
+        // after its worker row and its reply were written.
+        store
+            .with(|conn| {
+                conn.execute_batch(&format!(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON events
+                     WHEN NEW.worker_id = '{w2}' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                ))
+                .map_err(db)
+            })
+            .unwrap();
+        let (first, second, third) = (register(w1), register(w2), register(w3));
+        let burst = [
+            (pool, &first),
+            (pool, &second),
+            (pool, &third),
+            (pool, &first),
+            (Ulid::generate(), &third),
+        ];
+        let results = store.apply_inbound_all(&burst).unwrap();
+        let outcome: Vec<_> = results.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(
+            outcome,
+            [
+                Some(Applied::Applied),
+                None,
+                Some(Applied::Applied),
+                Some(Applied::Duplicate),
+                Some(Applied::UnknownPool),
+            ]
+        );
+        let workers: Vec<String> = store
+            .workers(None)
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(workers.len(), 2, "{workers:?}");
+        assert!(!workers.contains(&w2.to_string()), "{workers:?}");
+        let replies = store.unsent(100).unwrap();
+        assert_eq!(replies.len(), 2, "only the applied messages were answered");
+
+        // Nothing of the failed message stayed, not even its id: its redelivery applies it.
+        store
+            .with(|conn| conn.execute_batch("DROP TRIGGER refuse").map_err(db))
+            .unwrap();
+        assert_eq!(
+            store.apply_inbound(pool, &second).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(store.workers(None).unwrap().len(), 3);
+    }
 }

@@ -46,13 +46,23 @@ impl Store {
 
     /// Marks an outbox entry as handed to the broker.
     pub fn mark_sent(&self, seq: i64) -> Result<(), BackendError> {
+        self.mark_sent_all(&[seq])
+    }
+
+    /// Marks outbox entries as handed to the broker, in one transaction.
+    pub fn mark_sent_all(&self, seqs: &[i64]) -> Result<(), BackendError> {
         self.with(|conn| {
-            conn.execute(
-                "UPDATE outbox SET sent_at = ?2 WHERE seq = ?1",
-                params![seq, now()],
-            )
-            .map_err(db)?;
-            Ok(())
+            let tx = conn.transaction().map_err(db)?;
+            {
+                let mut update = tx
+                    .prepare_cached("UPDATE outbox SET sent_at = ?2 WHERE seq = ?1")
+                    .map_err(db)?;
+                let at = now();
+                for seq in seqs {
+                    update.execute(params![seq, at]).map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
         })
     }
 
