@@ -403,9 +403,36 @@ async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
         .delete(name, &DeleteParams::background())
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("deleting namespace {name}")),
+    }
+    release_workers(client, name).await;
+    Ok(())
+}
+
+/// The test is over and its operator gone or going: its Workers' deregistration finalizers
+/// are taken off, so that the namespace really goes. Left on, they keep it Terminating for
+/// good, and the namespace controller's retries (LISTs of every resource, Pod deletes) are
+/// background load for every later test, and noise in tests/cost.rs's request counts.
+async fn release_workers(client: &Client, namespace: &str) {
+    let workers: Api<workerpool_operator::crd::Worker> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = workers.list(&Default::default()).await else {
+        return;
+    };
+    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    for worker in list.items {
+        if worker
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+            && let Some(name) = worker.metadata.name.as_deref()
+        {
+            let _ = workers
+                .patch(name, &PatchParams::default(), &unfinalize)
+                .await;
+        }
     }
 }
 
