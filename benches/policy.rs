@@ -17,25 +17,10 @@ deny contains "host network" if input.pod.spec.hostNetwork
 deny contains "too many" if count(input.pod.spec.containers) > 10
 "#;
 
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    (at(0.5), at(0.99))
-}
+#[path = "common/timing.rs"]
+mod timing;
 
-fn time(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..20 {
-        f();
-    }
-    let samples = (0..n)
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed()
-        })
-        .collect();
-    percentiles(samples)
-}
+use timing::{micros, time};
 
 fn main() {
     // A run Pod's size of input (about 4 KB), as the pipeline sends it.
@@ -71,8 +56,8 @@ fn main() {
         });
         println!(
             "{name:16} in process:   p50 {:>7.1} µs  p99 {:>7.1} µs",
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6
+            micros(p50),
+            micros(p99)
         );
         let started = Instant::now();
         let policy = evaluator
@@ -84,8 +69,8 @@ fn main() {
         });
         println!(
             "{name:16} in a child:   p50 {:>7.1} µs  p99 {:>7.1} µs  (compile {:.2} ms)",
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
+            micros(p50),
+            micros(p99),
             compile.as_secs_f64() * 1e3
         );
     }
