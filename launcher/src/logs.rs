@@ -24,6 +24,10 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 const MAX_PENDING_LINES: usize = 4096;
 /// How long a first line waits for company before its batch is sent.
 const LINGER: Duration = Duration::from_millis(100);
+/// How long one attempt to deliver a batch may take (at most 512 KiB): well inside the
+/// shortest flush (init's 20 s), so that a request the backend never answers is tried again
+/// before the flush gives up, instead of using the whole flush up.
+const POST_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The lines not yet accepted by the backend, with their numbers. Pure.
 #[derive(Debug, Default)]
@@ -109,7 +113,8 @@ pub trait Sink: Send + Sync + 'static {
 
 impl Sink for Backend {
     async fn deliver(&self, batch: &LogBatch) -> Result<(), BackendError> {
-        self.post_json("logs", batch, Retry::UNTIL_ACCEPTED).await
+        self.post_json("logs", batch, Retry::UNTIL_ACCEPTED, POST_TIMEOUT)
+            .await
     }
 }
 

@@ -265,8 +265,13 @@ impl Plugin {
     }
 }
 
-/// Parses an ABI output document; the error names the JSON path and position.
+/// Parses an ABI output document; the error names the JSON path and position. The path is
+/// tracked only to explain a failure: a document that parses is read once, without it.
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).or_else(|_| parse_with_path(bytes))
+}
+
+fn parse_with_path<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let mut path = e.path().to_string();

@@ -19,6 +19,7 @@ use futures::FutureExt as _;
 use wasmtime::{Module, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
+use super::abi::{self, CallLimits};
 use super::host::{CompiledModule, Digest, ModuleError, WasmHost};
 use super::wasi::CallState;
 
@@ -90,14 +91,15 @@ fn initialize_and_snapshot(
     module: &CompiledModule,
 ) -> Result<Vec<u8>, String> {
     let limits = host.limits();
-    let deadline = Instant::now() + limits.timeout;
-    let mut store = Store::new(
-        host.engine(),
-        CallState::new(limits.memory_limit_bytes, limits.max_stdio_bytes, deadline),
+    let mut store = abi::store(
+        host,
+        &CallLimits {
+            timeout: limits.timeout,
+            memory_limit_bytes: limits.memory_limit_bytes,
+            max_output_bytes: limits.max_output_bytes,
+            max_stdio_bytes: limits.max_stdio_bytes,
+        },
     );
-    store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(host.deadline_ticks(limits.timeout));
-    store.epoch_deadline_trap();
     let instance = module
         .instance_pre
         .instantiate(&mut store)

@@ -176,13 +176,14 @@ impl Backend {
         loop {
             attempt += 1;
             let retry_after = call.retry.delay_after(attempt);
-            match self.attempt(call).await {
+            let failed = match self.attempt(call).await {
                 Ok(response) => {
                     let transient = !call.retry.connect_only
                         && retry::is_transient_status(response.status().as_u16());
                     if !transient || retry_after.is_none() {
                         return Ok(response);
                     }
+                    format!("the backend answered {}", response.status())
                 }
                 Err(AttemptError::Fatal(err)) => return Err(err),
                 Err(AttemptError::Http(source)) => {
@@ -205,9 +206,15 @@ impl Backend {
                             source,
                         });
                     }
+                    crate::chain(&source)
                 }
-            }
+            };
             if let Some(delay) = retry_after {
+                // In the container's log: a run that waits on the backend says why.
+                crate::note(&format!(
+                    "{}: attempt {attempt} failed ({failed}); trying again in {delay:?}",
+                    call.what()
+                ));
                 tokio::time::sleep(delay).await;
             }
         }
@@ -288,12 +295,13 @@ impl Backend {
         serde_json::from_slice(&body).map_err(|source| BackendError::Json { what, source })
     }
 
-    /// `POST leaf` with a JSON body, expecting success.
+    /// `POST leaf` with a JSON body, expecting success; each attempt bounded by `timeout`.
     pub async fn post_json<T: serde::Serialize>(
         &self,
         leaf: &str,
         value: &T,
         retry: Retry,
+        timeout: Duration,
     ) -> Result<(), BackendError> {
         let body = serde_json::to_vec(value).map_err(|source| BackendError::Json {
             what: format!("POST {leaf}"),
@@ -304,7 +312,7 @@ impl Backend {
             leaf,
             query: "",
             body: Body::Bytes(body.into()),
-            timeout: API_TIMEOUT,
+            timeout,
             retry,
         };
         expect_success(&call.what(), self.send(&call).await?).await?;

@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, Retry};
+use crate::backend::{API_TIMEOUT, Backend, BackendError, Retry};
 use crate::identity::{IdentityError, read_identity};
 use crate::init::InitReport;
 use crate::logs::Forwarder;
@@ -115,7 +115,7 @@ impl Shared {
         result.workspace = self.uploaded.lock().await.clone();
         let posted = self
             .backend
-            .post_json("result", &result, Retry::STANDARD)
+            .post_json("result", &result, Retry::STANDARD, API_TIMEOUT)
             .await;
         let mut problems = Vec::new();
         if let Err(err) = &posted {
