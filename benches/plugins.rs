@@ -1,9 +1,9 @@
-//! What one plugin call costs, Rust and Go, started in every call (`_initialize` per call)
-//! and pre-initialized (a snapshot after `_initialize`, src/hooks/preinit.rs), beside the
-//! limit measured in the same run: the same module on one reused instance (no instantiation,
-//! no start), which the operator does not do because a call must not see the previous one.
-//! Also the compile of each, with and without the snapshot. `cargo bench --bench plugins`
-//! (release); needs `plugins/build`. Results go to docs/benchmarks.md.
+//! What one plugin call costs, Rust and Go, as the operator makes it (a fresh instance per
+//! call: instantiate, `_initialize` if exported, alloc + write the input, `evaluate`), beside
+//! the limit measured in the same run: the same module on one reused instance (no
+//! instantiation, no start), which the operator does not do because a call must not see the
+//! previous one. Also the compile of each. `cargo bench --bench plugins` (release); needs
+//! `plugins/build`. Results go to docs/benchmarks.md.
 
 #[path = "common/timing.rs"]
 mod timing;
@@ -93,36 +93,26 @@ fn main() {
     };
     for (name, language) in [("deny-latest", "Rust"), ("deny-latest-go", "Go")] {
         let bytes = plugin(name);
-        for preinitialize in [false, true] {
-            let host = WasmHost::new(HostLimits {
-                preinitialize,
-                compile_timeout: Duration::from_secs(600),
-                ..HostLimits::default()
-            })
-            .unwrap();
-            let started = Instant::now();
-            let module = host.compile(&bytes).unwrap();
-            let compile = started.elapsed();
-            let starts = module.exports().iter().any(|e| e == "_initialize");
-            assert_eq!(module.preinitialized(), preinitialize && starts, "{name}");
-            let (p50, p99) = time(CALLS, || {
-                abi::call(&host, &module, Entry::Evaluate, &doc, &limits).unwrap();
-            });
-            let how = match (preinitialize, starts) {
-                (_, false) => "no _initialize         ",
-                (true, true) => "from its snapshot     ",
-                (false, true) => "_initialize every call",
-            };
-            println!(
-                "{language:4} {name:15} {how}: call p50 {:>7.1} µs  p99 {:>7.1} µs  compile {:>6.0} ms",
-                micros(p50),
-                micros(p99),
-                compile.as_secs_f64() * 1e3
-            );
-        }
+        let host = WasmHost::new(HostLimits {
+            compile_timeout: Duration::from_secs(600),
+            ..HostLimits::default()
+        })
+        .unwrap();
+        let started = Instant::now();
+        let module = host.compile(&bytes).unwrap();
+        let compile = started.elapsed();
+        let (p50, p99) = time(CALLS, || {
+            abi::call(&host, &module, Entry::Evaluate, &doc, &limits).unwrap();
+        });
+        println!(
+            "{language:4} {name:15} fresh instance per call:    p50 {:>7.1} µs  p99 {:>7.1} µs  compile {:>6.0} ms",
+            micros(p50),
+            micros(p99),
+            compile.as_secs_f64() * 1e3
+        );
         let (p50, p99) = reused_instance(&bytes, &doc);
         println!(
-            "{language:4} {name:15} limit, one reused instance: call p50 {:>7.1} µs  p99 {:>7.1} µs",
+            "{language:4} {name:15} limit, one reused instance: p50 {:>7.1} µs  p99 {:>7.1} µs",
             micros(p50),
             micros(p99)
         );

@@ -128,7 +128,15 @@ pub fn call(
     limits: &CallLimits,
 ) -> Result<RawOutput, CallError> {
     let started = Instant::now();
-    let mut store = store(host, limits);
+    let deadline = started + limits.timeout;
+    let mut store = Store::new(
+        host.engine(),
+        CallState::new(limits.memory_limit_bytes, limits.max_stdio_bytes, deadline),
+    );
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(host.deadline_ticks(limits.timeout));
+    store.epoch_deadline_trap();
+
     let result = run(&mut store, module, entry, input, limits);
     let state = store.into_data();
     let stdout = state.stdout.text();
@@ -143,20 +151,6 @@ pub fn call(
         Err(Failure::Abi(error)) => Err(error),
         Err(Failure::Wasm(error)) => Err(classify(error, limits, stderr)),
     }
-}
-
-/// A store for one call under `limits`: its memory and stdio caps, and its deadline, in epoch
-/// ticks from now.
-pub(super) fn store(host: &WasmHost, limits: &CallLimits) -> Store<CallState> {
-    let deadline = Instant::now() + limits.timeout;
-    let mut store = Store::new(
-        host.engine(),
-        CallState::new(limits.memory_limit_bytes, limits.max_stdio_bytes, deadline),
-    );
-    store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(host.deadline_ticks(limits.timeout));
-    store.epoch_deadline_trap();
-    store
 }
 
 enum Failure {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, OptLevel, ValType};
 
 use super::compile::{CompileQueue, CompileWait};
-use super::preinit;
 use super::wasi::{self, CallState};
 
 /// Limits that apply to every plugin unless its spec overrides them.
@@ -39,9 +38,6 @@ pub struct HostLimits {
     pub max_stdio_bytes: usize,
     /// Epoch tick: the granularity of deadlines. A call overruns its deadline by at most this.
     pub epoch_tick: Duration,
-    /// Run a module's `_initialize` once at load and call a snapshot of it (see
-    /// [`super::preinit`]), instead of running `_initialize` in every call.
-    pub preinitialize: bool,
 }
 
 impl Default for HostLimits {
@@ -55,7 +51,6 @@ impl Default for HostLimits {
             max_concurrent_compiles: 2,
             max_stdio_bytes: 16 << 10,
             epoch_tick: Duration::from_millis(2),
-            preinitialize: true,
         }
     }
 }
@@ -134,8 +129,6 @@ pub struct CompiledModule {
     pub(super) size: usize,
     pub(super) instance_pre: InstancePre<CallState>,
     pub(super) has_initialize: bool,
-    /// Compiled from a snapshot taken after `_initialize` ran at load.
-    pub(super) preinitialized: bool,
     pub(super) compile_time: Duration,
     pub(super) exports: Vec<String>,
     pub(super) imports: Vec<String>,
@@ -153,10 +146,6 @@ impl CompiledModule {
     /// How long compilation took (zero when the module came from the cache).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
-    }
-    /// Whether calls start from a snapshot taken after `_initialize` ran at load.
-    pub fn preinitialized(&self) -> bool {
-        self.preinitialized
     }
     /// Names of the module's exports, in module order.
     pub fn exports(&self) -> &[String] {
@@ -318,12 +307,15 @@ impl WasmHost {
         }
         // Not under the cache's lock: a slow compile must not hold up every other load.
         let started = Instant::now();
+        let engine = self.engine.clone();
+        let size = bytes.len();
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        let compiled = Arc::new(if self.limits.preinitialize {
-            preinit::compile(self, scope, bytes, digest, started)?
-        } else {
-            preinit::compile_plain(self, scope, bytes, digest, started)?
-        });
+        let module = self
+            .compiles
+            .run(scope, move || Module::new(&engine, &bytes))
+            .map_err(ModuleError::Slow)?
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let compiled = Arc::new(self.link(module, digest, size, started)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(module) = cache.get(&digest).and_then(Weak::upgrade) {
             return Ok(module);
@@ -333,22 +325,12 @@ impl WasmHost {
         Ok(compiled)
     }
 
-    /// Compiles `bytes` through the compile queue, as one compile of `scope`.
-    pub(super) fn compile_bytes(&self, scope: &str, bytes: Vec<u8>) -> Result<Module, ModuleError> {
-        let engine = self.engine.clone();
-        self.compiles
-            .run(scope, move || Module::new(&engine, &bytes))
-            .map_err(ModuleError::Slow)?
-            .map_err(|e| ModuleError::Compile(format!("{e:#}")))
-    }
-
     fn cached(&self, digest: &Digest) -> Option<Arc<CompiledModule>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(digest).and_then(Weak::upgrade)
     }
 
-    /// Checks what a compiled module imports and exports, and links it.
-    pub(super) fn link(
+    fn link(
         &self,
         module: Module,
         digest: Digest,
@@ -369,8 +351,7 @@ impl WasmHost {
                 imports: unsupported.join(", "),
             });
         }
-        let (mut exports, has_initialize) = check_abi_exports(&module)?;
-        exports.retain(|name| !preinit::is_instrumentation(name));
+        let (exports, has_initialize) = check_abi_exports(&module)?;
         let imports = module
             .imports()
             .map(|i| format!("{}::{}", i.module(), i.name()))
@@ -384,7 +365,6 @@ impl WasmHost {
             size,
             instance_pre,
             has_initialize,
-            preinitialized: false,
             compile_time: started.elapsed(),
             exports,
             imports,

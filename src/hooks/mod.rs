@@ -32,7 +32,6 @@ pub mod metrics;
 pub mod offline;
 pub mod pipeline;
 pub mod plugin;
-mod preinit;
 pub mod registry;
 pub mod rego;
 pub mod report;

@@ -186,8 +186,6 @@ pub struct CheckReport {
     pub size: usize,
     pub digest: String,
     pub compile_millis: f64,
-    /// Whether its `_initialize` runs once at load (a snapshot) instead of in every call.
-    pub preinitialized: bool,
     pub exports: Vec<String>,
     pub imports: Vec<String>,
     pub abi: &'static str,
@@ -199,12 +197,6 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "  abi       {}", self.abi)?;
         writeln!(f, "  size      {} bytes ({})", self.size, self.digest)?;
         writeln!(f, "  compile   {:.0} ms", self.compile_millis)?;
-        if self.preinitialized {
-            writeln!(
-                f,
-                "  start     _initialize ran once at load (calls start from its snapshot)"
-            )?;
-        }
         writeln!(f, "  exports   {}", self.exports.join(", "))?;
         writeln!(
             f,
@@ -250,7 +242,6 @@ pub fn check(
         size: module.size(),
         digest: module.digest().to_string(),
         compile_millis: started.elapsed().as_secs_f64() * 1e3,
-        preinitialized: module.preinitialized(),
         exports: module.exports().to_vec(),
         imports: module.imports().to_vec(),
         abi: ABI_MARKER,

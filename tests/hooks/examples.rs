@@ -1,13 +1,11 @@
 //! The seed's policy, the example plugins (Rust and Go) and policies, as users run them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hooks_support::*;
 use workerpool_operator::hooks::registry::pool_config_maps;
 use workerpool_operator::hooks::{
-    Decision, FailurePolicy, HostLimits, Outcome, Plugin, PluginEntry, PolicyLimits, RegoVersion,
-    Stage, TRAIL_ANNOTATION, WasmHost,
+    Decision, FailurePolicy, Outcome, PolicyLimits, RegoVersion, Stage, TRAIL_ANNOTATION,
 };
 
 #[test]
@@ -224,87 +222,4 @@ fn policies_pass_their_cases() {
         }
     }
     assert!(checked >= 10, "only {checked} cases");
-}
-
-/// A plugin with `_initialize` (the Go example) is pre-initialized at load (its `_initialize`
-/// ran once, calls start from the snapshot), and every example decides every case exactly as
-/// the same plugin does when each call runs `_initialize` itself; repeated calls of one
-/// snapshot never see what an earlier call left behind.
-#[test]
-fn pre_initialized_plugins_decide_as_plugins_that_start_in_every_call() {
-    let plain_host = WasmHost::new(HostLimits {
-        preinitialize: false,
-        compile_timeout: Duration::from_secs(1800),
-        ..Default::default()
-    })
-    .unwrap();
-    let examples = [
-        ("deny-latest", serde_json::json!({"containers": "worker"})),
-        (
-            "deny-latest-go",
-            serde_json::json!({"containers": "worker"}),
-        ),
-        (
-            "registry-mirror",
-            serde_json::json!({"mirrors": {"docker.io": "mirror.example.com"}}),
-        ),
-        ("resource-guard", serde_json::json!({})),
-        ("label-injector", serde_json::json!({})),
-    ];
-    let cases = [
-        "ubuntu:24.04",
-        "ubuntu:latest",
-        "docker.io/library/alpine:3.20",
-    ];
-    for (name, settings) in examples {
-        let spec = spec(Some(settings), FailurePolicy::Fail);
-        let load = |host: &Arc<WasmHost>| {
-            Arc::new(
-                Plugin::load(host, name, &example(name), &spec)
-                    .unwrap_or_else(|e| panic!("{name}: {e}")),
-            )
-        };
-        let snapshot = load(&host());
-        // A module with `_initialize` (Go's runtime start) is called from its snapshot; the
-        // Rust examples have none. The exports shown stay the plugin's own.
-        let starts = snapshot
-            .module()
-            .exports()
-            .iter()
-            .any(|e| e == "_initialize");
-        assert_eq!(snapshot.module().preinitialized(), starts, "{name}");
-        assert_eq!(
-            starts,
-            name.ends_with("-go"),
-            "{name}: {:?}",
-            snapshot.module().exports()
-        );
-        let plain = load(&plain_host);
-        assert!(!plain.module().preinitialized());
-        let decide = |plugin: &Arc<Plugin>, image: &str| {
-            let mut input = input();
-            input.runner_image = image.to_string();
-            workerpool_operator::hooks::invariants::set_worker_image(&mut input.pod, image);
-            let pipeline = pool_pipeline(vec![PluginEntry::Ready(plugin.clone())]);
-            match pipeline.evaluate(input) {
-                Decision::Allowed(a) => format!(
-                    "allowed {} {:?} {}",
-                    a.runner_image,
-                    a.allowed_runner_image_hosts,
-                    serde_json::to_string(&a.pod).unwrap()
-                ),
-                Decision::Denied(d) => format!("denied {}", d.reasons.join("; ")),
-            }
-        };
-        for image in cases {
-            let expected = decide(&plain, image);
-            for round in 0..3 {
-                assert_eq!(
-                    decide(&snapshot, image),
-                    expected,
-                    "{name}, {image}, call {round} of the snapshot"
-                );
-            }
-        }
-    }
 }
