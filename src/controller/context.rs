@@ -18,7 +18,7 @@ use super::links::LinkManager;
 use super::lock;
 use super::metrics::ControllerMetrics;
 use super::{ControllerConfig, REPORTER};
-use crate::crd::Worker;
+use crate::crd::{Worker, WorkerPool};
 use crate::hooks::HookRegistry;
 
 /// What every reconciler and handler shares.
@@ -119,6 +119,25 @@ impl Context {
             Some(worker) => Ok(Some((*worker).clone())),
             None => self.fresh_worker(namespace, name).await,
         }
+    }
+
+    /// WorkerPool `namespace/name` from the cache, or from the API server when the cache does
+    /// not have it.
+    pub async fn read_pool(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<WorkerPool>>, Error> {
+        if let Some(pool) = self.caches.pool(namespace, name) {
+            return Ok(Some(pool));
+        }
+        Ok(
+            Api::<WorkerPool>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(Error::api(Step::ReadPool, format!("{namespace}/{name}")))?
+                .map(Arc::new),
+        )
     }
 
     /// Worker `namespace/name` from the API server: for decisions that no conditional write

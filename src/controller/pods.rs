@@ -17,7 +17,7 @@ use super::machine::{PodFacts, PodSeen};
 use super::outcome::{PodProgress, classify};
 use super::workers::{patch_params, post_params};
 use super::{ANNOTATION_FINISHED_AT, ANNOTATION_OUTCOME, ANNOTATION_SCHEDULED_AT, Context};
-use crate::crd::{ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_WORKER, Worker, WorkerPool};
+use crate::crd::{ANNOTATION_WORKERPOOL_NAME, LABEL_RUN_ID, LABEL_WORKER, Worker};
 
 /// The label selector of run Pods.
 pub fn run_pod_selector() -> String {
@@ -177,21 +177,7 @@ pub async fn retention(ctx: &Context, pod: &Pod, worker_name: &str) -> Result<Ac
     let Some(pool_name) = pool_name else {
         return Ok(Action::await_change());
     };
-    let pool = match ctx.caches.pool(&namespace, &pool_name) {
-        Some(pool) => Some(pool),
-        None => {
-            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
-            pools
-                .get_opt(&pool_name)
-                .await
-                .map_err(Error::api(
-                    Step::ReadPool,
-                    format!("{namespace}/{pool_name}"),
-                ))?
-                .map(std::sync::Arc::new)
-        }
-    };
-    let Some(pool) = pool else {
+    let Some(pool) = ctx.read_pool(&namespace, &pool_name).await? else {
         return Ok(Action::await_change());
     };
     let retention = Retention::of(&pool.spec);

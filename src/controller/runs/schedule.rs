@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
 use ulid::Ulid;
 
 use super::super::error::{Error, Step, refused_for_good};
@@ -22,7 +21,7 @@ use super::super::records::{
 use super::super::workers::{leaving, update_status, worker_ulid};
 use super::super::{ANNOTATION_SCHEDULED_AT, Context, PoolHandle, pods};
 use super::drive::{advance_locked, count_outcome, note_on_worker, release_and_report};
-use crate::crd::{CurrentRun, Worker, WorkerPool};
+use crate::crd::{CurrentRun, Worker};
 use crate::hooks::{Decision, HookInput};
 use crate::pod;
 use crate::protocol::{DenyReason, RunRef, RunSchedule};
@@ -171,18 +170,7 @@ async fn build(
     schedule: &RunSchedule,
     received: Timestamp,
 ) -> Result<Built, Error> {
-    let cached = ctx.caches.pool(&pool.key.namespace, &pool.key.name);
-    let workerpool = match cached {
-        Some(workerpool) => Some(workerpool),
-        None => {
-            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &pool.key.namespace);
-            pools
-                .get_opt(&pool.key.name)
-                .await
-                .map_err(Error::api(Step::ReadPool, pool.key.to_string()))?
-                .map(Arc::new)
-        }
-    };
+    let workerpool = ctx.read_pool(&pool.key.namespace, &pool.key.name).await?;
     let Some(workerpool) = workerpool else {
         let message = format!("WorkerPool {} no longer exists", pool.key);
         return Ok(Built::Refused(vec![reason(OPERATOR_HOOK, message)]));
