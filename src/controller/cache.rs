@@ -118,9 +118,7 @@ impl Caches {
     /// Worker `namespace/name` as last seen, or None: not cached (read it from the API server).
     pub fn worker(&self, namespace: &str, name: &str) -> Option<Arc<Worker>> {
         let scope = self.scope(namespace)?;
-        let stored = ready(&scope.workers)
-            .then(|| scope.workers.get(&ObjectRef::new(name).within(namespace)))
-            .flatten();
+        let stored = stored(&scope.workers, namespace, name).flatten();
         self.workers.newer(&key(namespace, name), stored)
     }
 
@@ -148,9 +146,7 @@ impl Caches {
     /// the API server: a Pod missing from the store may be one just created).
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let scope = self.scope(namespace)?;
-        let stored = ready(&scope.pods)
-            .then(|| scope.pods.get(&ObjectRef::new(name).within(namespace)))
-            .flatten();
+        let stored = stored(&scope.pods, namespace, name).flatten();
         self.pods.newer(&key(namespace, name), stored)
     }
 
@@ -170,33 +166,20 @@ impl Caches {
 
     /// WorkerPool `namespace/name` as last seen, or None: not cached or not there.
     pub fn pool(&self, namespace: &str, name: &str) -> Option<Arc<WorkerPool>> {
-        let scope = self.scope(namespace)?;
-        ready(&scope.pools)
-            .then(|| scope.pools.get(&ObjectRef::new(name).within(namespace)))
-            .flatten()
+        stored(&self.scope(namespace)?.pools, namespace, name).flatten()
     }
 
     /// The resourceVersion of Secret `namespace/name`: `Some(None)` when the store has no such
     /// Secret, None when not cached.
     pub fn secret_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
-        let scope = self.scope(namespace)?;
-        ready(&scope.secrets).then(|| {
-            scope
-                .secrets
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|s| s.resource_version())
-        })
+        stored(&self.scope(namespace)?.secrets, namespace, name)
+            .map(|s| s.and_then(|s| s.resource_version()))
     }
 
     /// The resourceVersion of ConfigMap `namespace/name`, as [`Caches::secret_version`].
     pub fn config_map_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
-        let scope = self.scope(namespace)?;
-        ready(&scope.config_maps).then(|| {
-            scope
-                .config_maps
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|s| s.resource_version())
-        })
+        stored(&self.scope(namespace)?.config_maps, namespace, name)
+            .map(|c| c.and_then(|c| c.resource_version()))
     }
 
     /// Secret `namespace/name` as last read, if the watch shows it unchanged since.
@@ -271,6 +254,19 @@ pub fn of_pool(pool_ulid: &str) -> impl Fn(&Worker) -> bool + '_ {
 
 fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// `namespace/name` from `store`: None when the store has not had its first list (it knows
+/// nothing yet), `Some(None)` when it has and the object is not there.
+fn stored<K: Resource + Clone + 'static>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Option<Option<Arc<K>>>
+where
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone,
+{
+    ready(store).then(|| store.get(&ObjectRef::new(name).within(namespace)))
 }
 
 /// Whether a store has had its first list (a store that is not ready is empty, and its
