@@ -37,34 +37,21 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
     for scope in scopes {
         let client = ctx.client.clone();
         let (pool_store, pool_writer) = reflector::store();
-        let watched_pools = watcher(
-            api::<WorkerPool>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(pool_writer)
-        .applied_objects();
+        let watched_pools = watch::<WorkerPool>(&client, scope, watcher::Config::default())
+            .reflect(pool_writer)
+            .applied_objects();
         // Secrets and ConfigMaps by their metadata only: a change triggers the pools that use
         // them, and their resourceVersions say when a pool must read them again.
         let (secret_store, secret_writer) = reflector::store();
-        let watched_secrets = watcher(
-            api::<PartialObjectMeta<Secret>>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(secret_writer)
-        .touched_objects();
+        let watched_secrets =
+            watch::<PartialObjectMeta<Secret>>(&client, scope, watcher::Config::default())
+                .reflect(secret_writer)
+                .touched_objects();
         let (config_map_store, config_map_writer) = reflector::store();
-        let watched_config_maps = watcher(
-            api::<PartialObjectMeta<ConfigMap>>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(config_map_writer)
-        .touched_objects();
+        let watched_config_maps =
+            watch::<PartialObjectMeta<ConfigMap>>(&client, scope, watcher::Config::default())
+                .reflect(config_map_writer)
+                .touched_objects();
 
         // One watch of Workers feeds the Worker reconciler, the cache, and the pools, which
         // are told only of the changes that matter to them.
@@ -73,9 +60,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
         let watched_workers = {
             let ctx = ctx.clone();
             let mut relevance = PoolRelevance::default();
-            watcher(api::<Worker>(&client, scope), watcher::Config::default())
-                .default_backoff()
-                .modify(strip_managed_fields)
+            watch::<Worker>(&client, scope, watcher::Config::default())
                 .reflect(worker_writer)
                 .inspect_ok(move |event| relevance.observe(&ctx, &pool_changes, event))
                 .applied_objects()
@@ -86,9 +71,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Shutdown) {
         let (pod_store, pod_writer) = reflector::store();
         let watched_pods = {
             let ctx = ctx.clone();
-            watcher(api::<Pod>(&client, scope), run_pods)
-                .default_backoff()
-                .modify(strip_managed_fields)
+            watch::<Pod>(&client, scope, run_pods)
                 // Before the store: nobody reads a Pod from the store that is not remembered.
                 .inspect_ok(move |event| remember_last_state(&ctx, &vanished, event))
                 .reflect(pod_writer)
@@ -184,9 +167,26 @@ pub(super) fn remember_last_state(
 /// hundreds within seconds) before it runs once for all of them.
 const POOL_DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// Nobody reads managed fields; they are most of a small object's size in the stores.
-fn strip_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// A watch of `K` in `namespace` (or all of them), retried with backoff, its objects without
+/// their managed fields: nobody reads them, and they are most of a small object's size in
+/// the stores.
+fn watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    watcher(api::<K>(client, namespace), config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
 }
 
 /// What of a Worker its pool's reconcile depends on: whether it exists, is registered, is
