@@ -89,21 +89,7 @@ async fn one_run_costs_the_same_few_api_requests_at_10_and_at_200_workers() -> a
 
 /// Waits until the pool has `size` registered workers and the backend has them all IDLE.
 async fn wait_steady(stack: &Stack, pool: &str, size: i32) -> anyhow::Result<()> {
-    let api = stack.pools();
-    support::wait_for(
-        &format!("pool {pool} with {size} registered workers"),
-        SCALE_WAIT,
-        || {
-            let api = api.clone();
-            async move {
-                let pool = api.get(pool).await?;
-                let actual = pool.status.as_ref().and_then(|s| s.actual_pool_size);
-                Ok((actual == Some(size)).then_some(()))
-            }
-        },
-    )
-    .await
-    .with_context(|| stack.diagnostics())?;
+    stack.wait_registered_within(pool, size, SCALE_WAIT).await?;
     let url = format!("{}/api/workers", stack.backend_url);
     support::wait_for(
         &format!("{size} IDLE workers at the backend"),

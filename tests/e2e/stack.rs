@@ -251,10 +251,20 @@ impl Stack {
 
     /// Waits until the pool reports `n` registered workers.
     pub async fn wait_registered(&self, pool: &str, n: i32) -> anyhow::Result<WorkerPool> {
+        self.wait_registered_within(pool, n, WAIT).await
+    }
+
+    /// [`Stack::wait_registered`] with a bound of its own (a large pool takes longer).
+    pub async fn wait_registered_within(
+        &self,
+        pool: &str,
+        n: i32,
+        within: Duration,
+    ) -> anyhow::Result<WorkerPool> {
         let api = self.pools();
         support::wait_for(
             &format!("pool {pool} with {n} registered workers"),
-            WAIT,
+            within,
             || {
                 let api = api.clone();
                 async move {
