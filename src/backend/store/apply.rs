@@ -35,9 +35,8 @@ impl Store {
     /// Applies one inbound message from `pool` exactly once (by message id), recording it as
     /// an event and queueing any reply in the outbox.
     pub fn apply_inbound(&self, pool: Ulid, message: &Message) -> Result<Applied, BackendError> {
-        self.apply_inbound_all(&[(pool, message)])?
-            .pop()
-            .unwrap_or(Ok(Applied::Duplicate))
+        let mut results = self.apply_inbound_all(&[(pool, message)])?;
+        results.pop().expect("one result per message")
     }
 
     /// [`Store::apply_inbound`] for a burst of messages, in one transaction (one commit, one
